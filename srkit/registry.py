@@ -58,7 +58,7 @@ class Entry:
         defaults = {
             p.name: p.default
             for p in inspect.signature(factory).parameters.values()
-            if p.default is not inspect.Parameter.empty and p.kind is p.KEYWORD_OR_POSITIONAL and p.name != "weights"
+            if p.default is not p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "weights"
         }
         return {"_target_": target_path(factory), **defaults}
 

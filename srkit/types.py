@@ -84,12 +84,19 @@ def check_image_tensor(x: Tensor, *, name: str = "lr", channels: int = 3) -> Ten
             "srkit.io.read_image() converts gray and RGBA files to RGB"
         )
     if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
-        raise InvalidImageError(f"{name} is empty: shape {tuple(x.shape)}")
+        raise InvalidImageError(f"{name} is empty: shape {tuple(x.shape)}; every side must be at least 1 pixel")
     if not torch.isfinite(x).all():
-        raise InvalidImageError(f"{name} contains NaN or infinite values")
+        raise InvalidImageError(
+            f"{name} contains NaN or infinite values; check the step that produced it "
+            "(e.g. fp16 overflow: use float32 or bfloat16)"
+        )
     lo, hi = float(x.amin()), float(x.amax())
     if lo < -1e-3 or hi > 1 + 1e-3:
-        hint = " (it looks like 0..255: divide by 255)" if hi > 2 else " (it looks like [-1, 1]: use (x + 1) / 2)" if lo < -0.01 else ""
+        hint = (
+            " (it looks like 0..255: divide by 255)" if hi > 2
+            else " (it looks like [-1, 1]: use (x + 1) / 2)" if lo < -0.5
+            else " (clamp it with x.clamp(0, 1))"
+        )
         raise InvalidImageError(f"{name} values lie in [{lo:.3g}, {hi:.3g}], expected [0, 1]{hint}")
     return x
 

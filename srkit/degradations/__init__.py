@@ -1,0 +1,1 @@
+"""Built-in HR -> LR degradations, imported lazily through the registry."""

@@ -1,0 +1,1 @@
+"""Built-in super-resolution methods, imported lazily through the registry."""

@@ -1,0 +1,1 @@
+"""Tensor operations shared by methods and degradations (MATLAB-compatible resizing, ...)."""

@@ -1,0 +1,25 @@
+import os
+
+import pytest
+import torch
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    run_slow = config.getoption("--slow") or os.environ.get("SRKIT_SLOW") == "1" or os.environ.get("CI") == "true"
+    skip_slow = pytest.mark.skip(reason="slow: run with --slow, SRKIT_SLOW=1 or CI=true")
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(skip_slow)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def isolated_srkit_home(tmp_path_factory, monkeypatch):
+    """Caches written by a test go to a per-session temporary SRKIT_HOME, never the user's."""
+    monkeypatch.setenv("SRKIT_HOME", str(tmp_path_factory.getbasetemp() / "srkit_home"))

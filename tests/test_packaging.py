@@ -1,0 +1,50 @@
+"""The wheel ships every package, the configs (`conf/` as `srkit.conf`) and the bundled assets,
+and the CLI finds its configs after a regular (non-editable) install."""
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {
+        ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "srkit").rglob("__init__.py")
+    }
+    assert on_disk | {"srkit.conf"} == listed
+
+
+@pytest.mark.slow
+def test_wheel_install_finds_configs(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+    )
+    wheel = next(tmp_path.glob("srkit-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for required in ["srkit/conf/sr.yaml", "srkit/conf/method/bicubic.yaml", "srkit/assets/astronaut.png", "srkit/cli.py"]:
+        assert required in names
+    assert not any(n.startswith("conf/") for n in names)
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [str(venv / "bin" / "srkit"), "sr", "input=x.png", "method.scale=3", "--cfg", "job"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+    )
+    assert "scale: 3" in result.stdout
+    where = subprocess.run(
+        [str(python), "-c", "import srkit.registry as r; print(r.config_dir())"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+    ).stdout
+    assert str(venv) in where
