@@ -1,0 +1,1 @@
+"""Datasets: paired folders, on-the-fly degradation, and the bundled srkit-mini benchmark set."""
