@@ -153,7 +153,7 @@ class RealESRGAN(SRMethod):
 
     @staticmethod
     def _resolve(variant: str, spec: Variant, weights: str | None) -> tuple[dict[str, Tensor], str]:
-        from ..weights import cache_file
+        from ..weights import cache_file, load_checkpoint
         from ..weights.ncnn import load_converted
 
         if weights is None:
@@ -187,16 +187,8 @@ class RealESRGAN(SRMethod):
             state, info = load_converted(param, path.with_suffix(".bin"))
             RealESRGAN._check_ncnn(variant, spec, info, param)
             return state, f"ncnn:{param}"
-        if suffix in (".pth", ".pt", ".ckpt"):
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as err:  # pickles holding code are refused by weights_only
-                raise ConfigError(f"realesrgan: cannot load {path} with torch.load(weights_only=True): {err}") from err
-            return state, str(path)
-        if suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path)), str(path)
+        if suffix in (".pth", ".pt", ".ckpt", ".safetensors"):
+            return load_checkpoint(path), str(path)
         raise ConfigError(
             f"realesrgan: unsupported weights file {path.name!r}; use .pth/.pt/.ckpt, .safetensors or an ncnn .param"
         )
