@@ -36,6 +36,15 @@ REALESRGAN = MethodDescriptor(
 for _kind, _name, _target, _descriptor in [
     ("method", "bicubic", "srkit.methods.bicubic:Bicubic", BICUBIC),
     ("method", "realesrgan", "srkit.methods.realesrgan:RealESRGAN", REALESRGAN),
+    ("backend", "resshift_unet_v3", "srkit.backends.swin_unet:UNetModelSwin", None),
+    ("backend", "lpnsr_noise_predictor", "srkit.backends.swin_unet:SwinUNetNoisePredictor", None),
+    ("backend", "vq_f4", "srkit.backends.vq:VQModelTorch", None),
+    ("backend", "invsr_noise_predictor", "srkit.backends.invsr_noise_predictor:InvSRNoisePredictor", None),
+    ("backend", "sd_turbo", "srkit.backends.sd:StableDiffusion", None),
+    ("backend", "sd21_base", "srkit.backends.sd:StableDiffusion", None),
     ("degradation", "bicubic", "srkit.degradations.bicubic:BicubicDownsample", None),
+    ("degradation", "realesrgan", "srkit.degradations.realesrgan:RealESRGANDegradation", None),
+    # ResShift's test-time values of the same pipeline (conf/degradation/resshift_test.yaml).
+    ("degradation", "resshift_test", "srkit.degradations.realesrgan:RealESRGANDegradation", None),
 ]:
     REGISTRIES[_kind].register(_name, _target, descriptor=_descriptor)

@@ -15,6 +15,9 @@ from .errors import SrkitError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "sr": ("sr", "super-resolve an image file or a folder: srkit sr input=PATH method=NAME [key=value ...]"),
+    "train": ("train", "train a method: srkit train method=NAME data._target_=pkg.Dataset [train.KEY=VALUE ...]"),
+    "bench": ("bench", "measure the papers' tables with what is available: srkit bench [+bench=mini] [methods=[...]]"),
+    "convert": ("convert", "official checkpoint -> srkit safetensors: srkit convert source=FILE [output=FILE] [component=NAME]"),
     "demo": ("demo", "super-resolve the bundled photograph with real pretrained weights and write a comparison"),
     "list": ("", "list the available methods and what they support"),
 }
@@ -81,6 +84,25 @@ def _demo_task(cfg: Any) -> None:
         print(f"  {name:<12} {path.resolve()}")
 
 
+def _train_task(cfg: Any) -> None:
+    from .train import run_training
+
+    history = run_training(cfg)
+    print(f"srkit train: ran {len(history)} steps; checkpoints in {Path(cfg.train.output_dir).resolve()}")
+
+
+def _bench_task(cfg: Any) -> None:
+    from .metrics.bench import run_bench
+
+    run_bench(cfg)
+
+
+def _convert_task(cfg: Any) -> None:
+    from .weights.convert import convert_task
+
+    convert_task(cfg)
+
+
 def _list_methods() -> None:
     from . import describe, list_methods
 
@@ -90,7 +112,10 @@ def _list_methods() -> None:
         print(f"{name:<14} x{d.scale}  steps {steps:<10} {', '.join(d.dtypes):<36} {d.title}")
 
 
-TASKS: dict[str, Callable[[Any], None]] = {"sr": _sr_task, "demo": _demo_task}
+TASKS: dict[str, Callable[[Any], None]] = {
+    "sr": _sr_task, "train": _train_task, "bench": _bench_task, "convert": _convert_task,
+    "demo": _demo_task,
+}
 
 
 def _run_hydra(command: str, argv: Sequence[str]) -> None:

@@ -192,8 +192,19 @@ class SRMethod(nn.Module, ABC):
         return {}
 
     def losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Training losses for one batch; the trainer sums them. Methods that train override this."""
+        """Training losses for one batch; the trainer sums them. Methods that train override this.
+
+        ``batch["step"]`` (a 0-d long tensor) carries the global step, e.g. for a delayed GAN start.
+        """
         raise UnsupportedError(f"{self.descriptor.name} has nothing to train")
+
+    def discriminator_modules(self) -> dict[str, nn.Module]:
+        """The adversary's modules, trained in their own phase (empty when there is no GAN term)."""
+        return {}
+
+    def discriminator_losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The adversary's losses for one batch (see :class:`srkit.train.Trainer` for the alternation)."""
+        raise UnsupportedError(f"{self.descriptor.name} has no discriminator")
 
     def extra_repr(self) -> str:
         return f"name={self.descriptor.name!r}, scale={self.scale}"

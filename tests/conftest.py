@@ -20,9 +20,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def isolated_srkit_home(tmp_path_factory, monkeypatch):
+def isolated_environment(tmp_path_factory, monkeypatch):
     """Caches written by a test go to a per-session temporary SRKIT_HOME, never the user's."""
     monkeypatch.setenv("SRKIT_HOME", str(tmp_path_factory.getbasetemp() / "srkit_home"))
+    # No model hub is reachable from tests: look only in local caches (a hub lookup retries for ~20 s).
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")

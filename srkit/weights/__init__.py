@@ -1,4 +1,12 @@
-"""Weights: the cache location, official checkpoint loading, and the synthetic-weight rule.
+"""Weights: the one resolver for every component, official checkpoint loading, the synthetic rule.
+
+``resolve(spec, filename=..., hub_id=...)`` turns what a user passed as ``weights=`` into a local
+path: a file, a folder (of official files, or a diffusers folder), a Hugging Face hub id read from
+the local cache (only from the cache when offline; ``HF_HUB_OFFLINE`` is honoured), ``None`` (the
+component's default file, searched in ``SRKIT_HOME/weights``, ``./weights`` and the hub cache), or
+``"synthetic"``. ``load_state_dict`` reads what ``resolve`` found; official ``.pth``/``.ckpt`` files
+are converted once into a safetensors cache under ``SRKIT_HOME/converted`` (rewritten when the
+source changes) so later loads are memory-mapped and never unpickle.
 
 ``load_checkpoint`` reads any official file format (``.pth``/``.pt``/``.ckpt`` safely with
 ``weights_only=True``, or ``.safetensors``), unwraps the usual containers (``params_ema``,
@@ -9,18 +17,24 @@ DataParallel/DDP and ``torch.compile``. ``synthetic_state_dict`` makes the deter
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import re
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, WeightsNotFoundError
 
-__all__ = ["cache_file", "load_checkpoint", "srkit_home", "synthetic_state_dict", "synthetic_tensor", "unwrap_state_dict"]
+__all__ = [
+    "SYNTHETIC", "cache_file", "cached_safetensors", "hub_offline", "load_checkpoint", "load_state_dict", "load_weights",
+    "resolve", "search_dirs", "srkit_home", "synthetic_state_dict", "synthetic_tensor", "unwrap_state_dict",
+]
 
 # Containers official trainers wrap state dicts in, in order of preference (EMA weights first).
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net", "module", "generator")
@@ -108,3 +122,192 @@ def synthetic_state_dict(model: nn.Module, dtype: torch.dtype | None = None) -> 
             value = synthetic_tensor(key, value.shape, dtype or value.dtype)
         state[key] = value
     return state
+
+
+# --------------------------------------------------------------------------------------------
+# The resolver: weights= -> a local path
+
+SYNTHETIC: Literal["synthetic"] = "synthetic"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "owner/name"
+
+
+def hub_offline() -> bool:
+    """True when the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE`` read at call time)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
+        return True
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def search_dirs() -> list[Path]:
+    """Folders searched for a component's default file: ``SRKIT_HOME/weights`` and ``./weights``."""
+    return [srkit_home() / "weights", Path.cwd() / "weights"]
+
+
+def _from_hub(hub_id: str, filename: str | None, subfolder: str | None, looked: list[str]) -> Path | None:
+    """A file (or, without ``filename``, the snapshot folder) of ``hub_id``; cache only when offline."""
+    from huggingface_hub import constants, hf_hub_download, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    offline = hub_offline()
+    looked.append(f"hub id {hub_id!r} in the Hugging Face cache {constants.HF_HUB_CACHE}" + ("" if offline else " and on the hub"))
+    try:
+        if filename is None:
+            return Path(snapshot_download(hub_id, local_files_only=offline))
+        return Path(hf_hub_download(hub_id, filename, subfolder=subfolder, local_files_only=offline))
+    except (OSError, ValueError, HfHubHTTPError):  # not cached / not on the hub / no connection
+        return None
+
+
+def _not_found(what: str, target: str, looked: list[str], filename: str | None, hub_id: str | None) -> WeightsNotFoundError:
+    places = "\n".join(f"  - {place}" for place in looked)
+    home = srkit_home() / "weights"
+    if hub_id is None:
+        how = [f"copy {filename or target} into {home}"]
+    elif filename is not None:
+        how = [f"download it: hf download {hub_id} {filename} --local-dir {home}"]
+    else:
+        how = [f"download it: hf download {hub_id} (or with --local-dir {home / hub_id.rsplit('/', 1)[-1]})"]
+    how += ["pass weights=<path to the file or folder>", "pass weights=<hub id> of a repository in the local Hugging Face cache",
+            "for tests and timing only: weights='synthetic' (seeded random weights)"]
+    return WeightsNotFoundError(
+        f"{what}: cannot find {target}. Looked in:\n{places}\nTo provide it: " + "; or ".join(how)
+    )
+
+
+def resolve(
+    spec: str | os.PathLike[str] | None,
+    *,
+    filename: str | None = None,
+    hub_id: str | None = None,
+    subfolder: str | None = None,
+    what: str = "weights",
+) -> Path | Literal["synthetic"]:
+    """The local path of the weights ``spec`` names, or ``"synthetic"``.
+
+    ``spec``: ``None`` (the default ``filename`` of the component, or the ``hub_id`` snapshot when it
+    is a folder component), a file, a folder (``filename`` is looked up inside it and inside its
+    ``subfolder``; without ``filename`` the folder itself is the answer, e.g. a diffusers folder),
+    a hub id ``owner/name`` (from the local cache when offline) or ``"synthetic"``.
+    Raises :class:`WeightsNotFoundError` naming every place it looked and how to provide the file.
+    """
+    if spec is not None and str(spec) == SYNTHETIC:
+        return SYNTHETIC
+    looked: list[str] = []
+    if spec is None:
+        if filename is None and hub_id is None:
+            raise ConfigError(f"{what}: no weights given and no default file known; pass weights=<path or hub id>")
+        name = filename or str(hub_id).rsplit("/", 1)[-1]
+        for folder in search_dirs():
+            candidate = folder / name
+            looked.append(str(candidate))
+            if candidate.exists():
+                return candidate
+        found = _from_hub(hub_id, filename, subfolder, looked) if hub_id else None
+        if found is not None:
+            return found
+        raise _not_found(what, repr(name), looked, filename, hub_id)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if filename is None:
+            return path
+        for candidate in ([path / subfolder / filename] if subfolder else []) + [path / filename]:
+            looked.append(str(candidate))
+            if candidate.is_file():
+                return candidate
+        raise _not_found(what, repr(filename), looked, filename, hub_id)
+    looked.append(f"{path} (no such file or folder)")
+    is_hub_id = bool(HUB_ID.match(str(spec)))
+    if is_hub_id:
+        found = _from_hub(str(spec), filename, subfolder, looked)
+        if found is not None:
+            return found
+    raise _not_found(what, repr(str(spec)), looked, filename, str(spec) if is_hub_id else hub_id)
+
+
+def _source_stamp(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def cached_safetensors(path: str | os.PathLike[str], *, component: str | None = None) -> Path:
+    """A safetensors copy of an official checkpoint under ``SRKIT_HOME/converted`` (``path`` itself if safetensors).
+
+    The cache entry is keyed by the source's absolute path and records its size and modification
+    time; it is rewritten (atomically) when the source changes.
+    """
+    path = Path(path).expanduser()
+    if path.suffix.lower() == ".safetensors":
+        return path
+    from safetensors import safe_open
+
+    from .convert import convert
+
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    target = cache_file("converted", f"{path.stem}-{key}.safetensors")
+    stamp = _source_stamp(path)
+    if target.is_file():
+        with safe_open(str(target), framework="pt") as handle:
+            if (handle.metadata() or {}).get("source_stamp") == stamp:
+                return target
+    return convert(path, target, component=component, extra_metadata={"source_stamp": stamp})
+
+
+def load_state_dict(
+    spec: str | os.PathLike[str] | None,
+    *,
+    filename: str | None = None,
+    hub_id: str | None = None,
+    subfolder: str | None = None,
+    what: str = "weights",
+) -> dict[str, Tensor]:
+    """Resolve ``spec`` (see :func:`resolve`) and read it as a plain state dict, via the safetensors cache."""
+    path = resolve(spec, filename=filename, hub_id=hub_id, subfolder=subfolder, what=what)
+    if path == SYNTHETIC:
+        raise ConfigError(f"{what}: 'synthetic' weights depend on the model; use load_weights(model, 'synthetic')")
+    assert isinstance(path, Path)
+    if path.is_dir():
+        expected = filename or "a .pth/.safetensors file"
+        raise ConfigError(f"{what}: {path} is a folder; pass the checkpoint file inside it (expected {expected})")
+    try:
+        source = cached_safetensors(path, component=what)
+    except OSError:  # a read-only SRKIT_HOME: read the source directly
+        source = path
+    return load_checkpoint(source)
+
+
+def load_weights(
+    model: nn.Module,
+    spec: str | os.PathLike[str] | None,
+    *,
+    filename: str | None = None,
+    hub_id: str | None = None,
+    subfolder: str | None = None,
+    what: str = "weights",
+) -> nn.Module:
+    """Load ``spec`` into ``model`` strictly (every key, every shape); ``"synthetic"`` loads srkit-synthetic-v1."""
+    if spec is not None and str(spec) == SYNTHETIC:
+        model.load_state_dict(synthetic_state_dict(model))
+        return model
+    state = load_state_dict(spec, filename=filename, hub_id=hub_id, subfolder=subfolder, what=what)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        def head(items: list[str]) -> str:
+            return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+
+        problems = [f"{len(missing)} missing keys: {head(missing)}"] * bool(missing)
+        problems += [f"{len(unexpected)} unexpected keys: {head(unexpected)}"] * bool(unexpected)
+        problems += [f"{len(wrong)} shape mismatches: {head(wrong)}"] * bool(wrong)
+        raise ConfigError(
+            f"{what}: the checkpoint does not fit {type(model).__name__}: " + "; ".join(problems)
+            + ". Check that the file is the right one for this component (and its config)"
+        )
+    model.load_state_dict(state)
+    return model

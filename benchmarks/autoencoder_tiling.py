@@ -1,0 +1,231 @@
+"""Tiled vs untiled decoding of the shared autoencoders (SD-VAE f8, and VQ-f4 when present).
+
+For each autoencoder, image size and tile size (in latent pixels) it decodes one seeded random
+latent untiled and tiled, each in a fresh process, and reports:
+
+* ``max_abs`` / ``interior_max_abs``: max |tiled - untiled| over the image / away from the image
+  border (``overlap`` latent pixels), the acceptance bound being 1e-2;
+* ``seam_jump``: max |step across a seam (tiled) - the same step (untiled)| on the lines where
+  neighbouring tiles meet, next to ``other_jump``, the same quantity over every other line, so a
+  seam shows up as ``seam_jump`` >> ``other_jump``;
+* ``peak_mib``: peak memory of the decode: ``torch.cuda.max_memory_allocated`` on CUDA, else the
+  growth of the resident set during the decode (:class:`PeakRSS`); it should follow the tile, not
+  the image.
+
+``vq-f4`` is ``VQModelTorch.decode_tiled`` as it stands (per-tile GroupNorm statistics);
+``vq-f4+sync`` tiles the same decoder the way ``SDVAE.decode_tiled`` does (latent-resolution part
+whole, up path with :class:`srkit.backends.sd.GroupNormSync`).
+
+Weights are srkit-synthetic-v1 (no pretrained weights are needed). Full-size configs come from
+``conf/backend``. Example (the acceptance setting, a 1024x1024 image)::
+
+    python benchmarks/autoencoder_tiling.py --images 1024 --tiles 32 64 --json outputs/bench/autoencoder_tiling.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import multiprocessing
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SEED = 0
+AUTOENCODERS = ["sd-vae", "vq-f4", "vq-f4+sync"]
+DOWNSCALE = {"sd-vae": 8, "vq-f4": 4, "vq-f4+sync": 4}
+
+
+def build(name: str, device: str) -> Any:
+    """The autoencoder ``name`` (``sd-vae`` or ``vq-f4``) with synthetic weights, in eval mode."""
+    from omegaconf import OmegaConf
+
+    from srkit.registry import config_dir
+    from srkit.weights import load_weights
+
+    if name == "sd-vae":
+        from srkit.backends.sd import SDVAE, build_component
+
+        config = OmegaConf.to_container(OmegaConf.load(config_dir() / "backend" / "sd_turbo.yaml"))
+        model = SDVAE(load_weights(build_component("vae", config["vae"]), "synthetic"))
+    else:
+        from srkit.backends.vq import VQModelTorch
+
+        config = OmegaConf.to_container(OmegaConf.load(config_dir() / "backend" / "vq_f4.yaml"))
+        config.pop("_target_")
+        model = load_weights(VQModelTorch(**config), "synthetic")
+    return model.to(device).eval()
+
+
+class PeakRSS:
+    """The peak resident set size during a ``with`` block, sampled every millisecond from /proc.
+
+    Free heap memory is handed back to the OS first (glibc ``malloc_trim``), so that the decode's
+    allocations show up as growth instead of reusing memory freed while the model was built.
+    """
+
+    def __init__(self) -> None:
+        self.base = self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, self.rss())
+
+    def __enter__(self) -> PeakRSS:
+        with contextlib.suppress(OSError):  # not glibc: measure without trimming
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        self.base = self.peak = self.rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+
+def vq_decode_synced(model: Any, z: torch.Tensor, *, tile: int, overlap: int, sync_passes: int) -> torch.Tensor:
+    """VQ-f4 decode the way ``SDVAE.decode_tiled`` does it: latent-resolution part whole, up path tiled with GroupNormSync."""
+    from srkit.backends.sd import synced_tiled_apply
+    from srkit.backends.vq import _swish
+
+    decoder = model.decoder
+    quantized, _ = model.quantize(z)
+    h = decoder.conv_in(model.post_quant_conv(quantized))
+    h = decoder.mid.block_2(decoder.mid.attn_1(decoder.mid.block_1(h)))
+
+    def up_path(x: torch.Tensor) -> torch.Tensor:
+        for up in reversed(decoder.up):
+            for i, block in enumerate(up.block):
+                x = block(x)
+                if len(up.attn):
+                    x = up.attn[i](x)
+            if hasattr(up, "upsample"):
+                x = up.upsample(x)
+        return decoder.conv_out(_swish(decoder.norm_out(x)))
+
+    return synced_tiled_apply(up_path, h, [*decoder.up, decoder.norm_out], scale=model.downscale, tile=tile,
+                              overlap=overlap, sync_passes=sync_passes)
+
+
+def decode_once(name: str, device: str, image: int, tile: int | None, overlap: int, sync_passes: int, out: str) -> dict[str, float]:
+    """Decode in this (fresh) process and save the result to ``out``; returns time and peak memory."""
+    model = build(name, device)
+    generator = torch.Generator().manual_seed(SEED)
+    z = torch.randn(1, model.latent_channels, image // model.downscale, image // model.downscale, generator=generator).to(device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.max_memory_allocated()
+    start = time.perf_counter()
+    with torch.no_grad(), PeakRSS() as rss:
+        if tile is None:
+            x = model.decode(z)
+        elif name == "sd-vae":
+            x = model.decode_tiled(z, tile=tile, overlap=overlap, sync_passes=sync_passes)
+        elif name == "vq-f4+sync":
+            x = vq_decode_synced(model, z, tile=tile, overlap=overlap, sync_passes=sync_passes)
+        else:
+            x = model.decode_tiled(z, tile=tile, overlap=overlap)
+    seconds = time.perf_counter() - start
+    if device == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = rss.peak - rss.base
+    torch.save(x.cpu(), out)
+    return {"seconds": seconds, "peak_mib": peak / 2**20}
+
+
+def _in_subprocess(*args: Any) -> dict[str, float]:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(decode_once, args)
+
+
+def seam_metrics(tiled: torch.Tensor, full: torch.Tensor, latent: int, tile: int, overlap: int, downscale: int) -> tuple[float, float]:
+    """Max jump error on the seam lines and on every other line (see the module docstring)."""
+    from srkit.backends.sd import tile_cores
+
+    # step j goes from pixel j to j + 1, so the seam at pixel s is step s - 1
+    seams = sorted({round(core[2] * downscale) - 1 for core in tile_cores(latent, tile, overlap)[1:]})
+    on_seams, elsewhere = 0.0, 0.0
+    for axis, others in ((-1, (0, 1, 2)), (-2, (0, 1, 3))):
+        error = (tiled.diff(dim=axis) - full.diff(dim=axis)).abs().amax(dim=others)
+        mask = torch.ones_like(error, dtype=torch.bool)
+        mask[seams] = False
+        on_seams = max(on_seams, float(error[~mask].max()))
+        elsewhere = max(elsewhere, float(error[mask].max()))
+    return on_seams, elsewhere
+
+
+def run(names: list[str], images: list[int], tiles: list[int], overlap: int, sync_passes: int, device: str) -> list[dict[str, Any]]:
+    records = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in names:
+            for image in images:
+                full_path = str(Path(scratch) / "full.pt")
+                untiled = _in_subprocess(name, device, image, None, overlap, sync_passes, full_path)
+                full = torch.load(full_path)
+                records.append({"autoencoder": name, "image": image, "tile": None, **untiled})
+                print(f"{name:7} {image:5}px untiled      {untiled['seconds']:8.1f} s {untiled['peak_mib']:9.0f} MiB", flush=True)
+                downscale = DOWNSCALE[name]
+                for tile in tiles:
+                    if tile >= image // downscale:
+                        continue  # one tile: nothing to compare
+                    path = str(Path(scratch) / "tiled.pt")
+                    measured = _in_subprocess(name, device, image, tile, overlap, sync_passes, path)
+                    tiled = torch.load(path)
+                    error = (tiled - full).abs()
+                    border = overlap * downscale
+                    seam, other = seam_metrics(tiled, full, image // downscale, tile, overlap, downscale)
+                    record = {
+                        "autoencoder": name, "image": image, "tile": tile, "overlap": overlap, **measured,
+                        "max_abs": float(error.max()), "interior_max_abs": float(error[..., border:-border, border:-border].max()),
+                        "seam_jump": seam, "other_jump": other,
+                    }
+                    records.append(record)
+                    print(f"{name:7} {image:5}px tile {tile:4} lat {measured['seconds']:8.1f} s {measured['peak_mib']:9.0f} MiB"
+                          f"  max|d| {record['max_abs']:.2e} interior {record['interior_max_abs']:.2e}"
+                          f"  seam jump {seam:.2e} (elsewhere {other:.2e})", flush=True)
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--autoencoders", nargs="+", default=AUTOENCODERS, choices=AUTOENCODERS,
+                        help="vq-f4: VQModelTorch.decode_tiled; vq-f4+sync: its decoder tiled with GroupNormSync")
+    parser.add_argument("--images", nargs="+", type=int, default=[1024], help="image sides in pixels")
+    parser.add_argument("--tiles", nargs="+", type=int, default=[32, 64], help="tile sides in latent pixels")
+    parser.add_argument("--overlap", type=int, default=16, help="tile overlap in latent pixels")
+    parser.add_argument("--sync-passes", type=int, default=2, help="SD-VAE GroupNorm statistics passes (0: per-tile statistics)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", type=Path, default=Path("outputs/bench/autoencoder_tiling.json"))
+    args = parser.parse_args()
+    names = list(args.autoencoders)
+    try:
+        import srkit.backends.vq  # noqa: F401
+    except ImportError:
+        print("vq-f4: srkit.backends.vq is not available; skipped")
+        names = [n for n in names if not n.startswith("vq-f4")]
+    records = run(names, args.images, args.tiles, args.overlap, args.sync_passes, args.device)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"device": args.device, "sync_passes": args.sync_passes, "records": records}, indent=2))
+    print(f"wrote {args.json.resolve()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Reproduce the five papers' tables with what is available: ``python benchmarks/run_all.py --mini --methods bicubic``.
+
+A thin command line over :func:`srkit.metrics.bench.run_benchmark` (shared with ``srkit bench``).
+Multi-process: ``torchrun --nproc-per-node 2 benchmarks/run_all.py ...`` or ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from srkit.errors import SrkitError
+from srkit.metrics.bench import run_benchmark
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="outputs/bench", help="output folder (default: outputs/bench)")
+    parser.add_argument("--mini", action="store_true", help="run on srkit-mini instead of the papers' datasets")
+    parser.add_argument("--mini-degradation", default="bicubic", help="degradation of the srkit-mini LR (default: bicubic)")
+    parser.add_argument("--mini-size", type=int, default=None, help="srkit-mini crop size: 256 or 512 (default: both)")
+    parser.add_argument("--dataset-root", default=None, help="folder with RealSR/, DRealSR/, RealSet80/, ImageNet-Test/, DIV2K/")
+    parser.add_argument("--methods", nargs="+", default=None, help="srkit methods to run (default: all)")
+    parser.add_argument("--tables", nargs="+", default=None, help="table ids to run (default: all in benchmarks/tables)")
+    parser.add_argument("--tables-dir", default=None, help="folder of table specs (default: benchmarks/tables)")
+    parser.add_argument("--weights", default=None, help="weights for every method (default: their real weights)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--runs", type=int, default=None, help="cap the seeded runs of stability tables (default: the paper's)")
+    args = parser.parse_args(argv)
+    try:
+        run_benchmark(
+            out=args.out, mini=args.mini, dataset_root=args.dataset_root, methods=args.methods, tables=args.tables,
+            tables_dir=args.tables_dir, weights=args.weights, device=args.device, mini_degradation=args.mini_degradation,
+            mini_size=args.mini_size, runs=args.runs,
+        )
+    except SrkitError as err:
+        print(f"run_all: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

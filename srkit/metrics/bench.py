@@ -1,0 +1,655 @@
+"""The benchmark engine behind ``benchmarks/run_all.py`` and ``srkit bench``.
+
+A *table spec* (``benchmarks/tables/<id>.yaml``) transcribes one table of a paper: its metrics
+(columns), protocol (scale, crop border, seeds) and rows (dataset, label, srkit method with its
+``load`` overrides and ``sr`` knobs, and the paper's numbers). :func:`run_benchmark` measures
+every row it can -- methods that load with their real weights, datasets that are present,
+metrics whose models are available -- and writes, per table, Markdown and CSV with the measured
+value beside the paper's, a PNG grid of crops per dataset and ``results.json`` with everything.
+What cannot be measured is ``n/a`` with the reason. Work is de-duplicated across tables (one
+run per method x settings x dataset x seeds) and sharded over processes by image when launched
+with ``torchrun`` / ``accelerate launch`` (per-image values are gathered, so the result equals a
+single-process run).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError, SrkitError
+from .iqa import METRIC_NAMES, Metric, MetricUnavailable, get_metric
+from .stability import LocalStd, g_std
+
+# Columns that are not image metrics: measured from the model and its timing.
+SPECIAL_COLUMNS = ("params_m", "runtime_ms", "runtime_s", "l_std")
+# Folder names of the real datasets under --dataset-root (each with HR/ and LR/; RealSet80: LR/ only).
+DATASET_FOLDERS = {
+    "realsr": "RealSR", "drealsr": "DRealSR", "realset80": "RealSet80", "imagenet-test": "ImageNet-Test", "div2k": "DIV2K",
+}
+MINI = "srkit-mini"
+GRID_IMAGES, GRID_CROP = 3, 128
+
+
+@dataclass
+class Sample:
+    """One benchmark image: a name, the LR and, when the dataset has one, the HR (3, H, W) in [0, 1]."""
+
+    name: str
+    lr: Tensor
+    hr: Tensor | None = None
+
+
+@dataclass
+class Row:
+    dataset: str
+    label: str
+    method: str | None
+    load: dict[str, Any] = field(default_factory=dict)
+    sr: dict[str, Any] = field(default_factory=dict)
+    paper: list[float | None] = field(default_factory=list)
+    note: str | None = None
+
+
+@dataclass
+class Table:
+    id: str
+    paper: str
+    table: str
+    title: str
+    protocol: dict[str, Any]
+    metrics: list[str]
+    seeds: list[int]
+    rows: list[Row]
+
+
+def default_tables_dir() -> Path:
+    """``benchmarks/tables`` of the source checkout srkit runs from."""
+    return Path(__file__).resolve().parents[2] / "benchmarks" / "tables"
+
+
+def load_tables(folder: str | os.PathLike[str] | None = None, names: Sequence[str] | None = None) -> list[Table]:
+    """Read and check the table specs in ``folder`` (all, or those whose id is in ``names``)."""
+    from omegaconf import OmegaConf
+
+    folder = Path(folder) if folder is not None else default_tables_dir()
+    paths = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    if not paths:
+        raise ConfigError(f"no table specs (*.yaml) in {folder}; pass tables_dir= pointing to benchmarks/tables")
+    known = [p.stem for p in paths]
+    unknown = sorted(set(names or ()) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown tables {unknown}; known: {', '.join(known)}")
+    tables = []
+    for path in paths:
+        if names and path.stem not in names:
+            continue
+        spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        assert isinstance(spec, dict)
+        metrics = list(spec["metrics"])
+        for column in metrics:
+            if column.removesuffix("_gstd") not in METRIC_NAMES and column not in SPECIAL_COLUMNS:
+                known_columns = ", ".join(METRIC_NAMES + SPECIAL_COLUMNS)
+                raise ConfigError(f"{path.name}: unknown column {column!r}; columns are {known_columns} (+ _gstd)")
+        rows = [Row(**r) for r in spec["rows"]]
+        for row in rows:
+            if len(row.paper) != len(metrics):
+                raise ConfigError(f"{path.name}: row {row.label!r} has {len(row.paper)} paper values for {len(metrics)} columns")
+        seeds = list(spec["seeds"])
+        tables.append(Table(path.stem, spec["paper"], spec["table"], spec["title"], spec["protocol"], metrics, seeds, rows))
+    return tables
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets
+
+
+def folder_samples(root: Path, scale: int) -> list[Sample]:
+    """Samples of a real dataset folder: ``root/LR`` and, if present, ``root/HR`` paired by file name."""
+    from ..io import list_images, read_image
+
+    if (root / "HR").is_dir():
+        from ..data.paired import PairedFolder
+
+        return [Sample(p.name, p.lr, p.hr) for p in PairedFolder(root / "HR", root / "LR", scale)]
+    return [Sample(path.stem, read_image(path)) for path in list_images(root / "LR")]
+
+
+def resolve_datasets(
+    names: Sequence[str], *, mini: bool, dataset_root: str | None, scale: int, mini_degradation: str, mini_size: int | None
+) -> tuple[dict[str, list[Sample]], dict[str, str]]:
+    """The samples of each dataset that is present, and the reason for each that is not."""
+    found: dict[str, list[Sample]] = {}
+    missing: dict[str, str] = {}
+    if mini:
+        from ..data.mini import mini_pairs
+
+        found[MINI] = [Sample(p.name, p.lr, p.hr) for p in mini_pairs(mini_degradation, scale, mini_size)]
+        return found, missing
+    for name in names:
+        folder = DATASET_FOLDERS.get(name, name)
+        if dataset_root is None:
+            missing[name] = "no dataset_root given (--dataset-root DIR with DIR/" + folder + "/{HR,LR}; or --mini)"
+        elif not (Path(dataset_root) / folder / "LR").is_dir():
+            missing[name] = f"{Path(dataset_root) / folder / 'LR'} does not exist"
+        else:
+            found[name] = folder_samples(Path(dataset_root) / folder, scale)
+    return found, missing
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    def gather(self, obj: Any) -> list[Any]:
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def init_distributed() -> tuple[Dist, str]:
+    """Join the process group that ``torchrun`` / ``accelerate launch`` describe in the environment.
+
+    Returns the rank/world and the device of this process (its GPU, or the CPU: gloo backend).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = f"cuda:{local}" if cuda else "cpu"
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    if world > 1:
+        return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size()), device
+    return Dist(), device
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One measurement: a method with its settings on one dataset over seeds (shared by tables)."""
+
+    method: str
+    load: str  # JSON of the constructor overrides
+    sr: str  # JSON of the sr() knobs
+    dataset: str
+    seeds: tuple[int, ...]
+
+    @property
+    def slug(self) -> str:
+        digest = hashlib.sha1(f"{self.load}{self.sr}".encode()).hexdigest()[:8]
+        knobs = "_".join(f"{k}-{v}" for k, v in {**json.loads(self.load), **json.loads(self.sr)}.items())
+        return re.sub(r"[^A-Za-z0-9._-]+", "", f"{self.method}_{knobs}")[:60] + f"_{digest}"
+
+
+@dataclass
+class Measured:
+    """Per-image metric values of a unit (image -> metric -> one value per seed), or why it failed."""
+
+    values: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    l_std: dict[str, float] = field(default_factory=dict)
+    seconds: list[float] = field(default_factory=list)
+    params_m: float | None = None
+    reasons: dict[str, str] = field(default_factory=dict)  # metric key -> why n/a
+    error: str | None = None
+
+
+def metric_key(name: str, crop: int) -> str:
+    return f"{name}@crop{crop}" if name in ("psnr", "ssim") else name
+
+
+class MetricCache:
+    """Builds each metric once; remembers why one is unavailable."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.metrics: dict[str, Metric | str] = {}
+
+    def get(self, key: str) -> Metric | str:
+        if key not in self.metrics:
+            name, _, crop = key.partition("@crop")
+            try:
+                self.metrics[key] = get_metric(name, crop_border=int(crop or 0), device=self.device)
+            except MetricUnavailable as err:
+                self.metrics[key] = str(err)
+        return self.metrics[key]
+
+
+def measure_unit(
+    unit: Unit, samples: Sequence[Sample], keys: Sequence[str], *, metrics: MetricCache, device: str, weights: str | None,
+    image_dir: Path, dist: Dist, stability: bool, crop_border: int,
+) -> Measured:
+    """Run one unit on this process's share of ``samples``; per-image values of the metric ``keys``."""
+    from .. import load
+    from ..io import write_image
+
+    result = Measured()
+    try:
+        model = load(unit.method, weights=weights, device=device, **json.loads(unit.load))
+    except SrkitError as err:
+        result.error = f"{type(err).__name__}: {err}"
+        return result
+    except Exception as err:  # a plugin failing to build must not stop the other rows
+        result.error = f"{unit.method} failed to load: {type(err).__name__}: {err}"
+        return result
+    result.params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    knobs = json.loads(unit.sr)
+    for index in range(dist.rank, len(samples), dist.world):
+        sample = samples[index]
+        local = LocalStd()
+        per_metric: dict[str, list[float]] = {}
+        previous: Tensor | None = None
+        for seed in unit.seeds:
+            start = time.perf_counter()
+            try:
+                out = model.sr(sample.lr[None], seed=seed, **knobs)
+            except SrkitError as err:
+                result.error = f"{type(err).__name__}: {err}"
+                return result
+            except TypeError as err:  # a knob the method does not take
+                result.error = f"{unit.method}.sr() rejected {knobs}: {err}"
+                return result
+            result.seconds.append(time.perf_counter() - start)
+            out = out.float().cpu()
+            if seed == unit.seeds[0]:
+                write_image(image_dir / unit.dataset / unit.slug / f"{sample.name}.png", out[0])
+            if stability:
+                c = crop_border
+                local.update(out[0, :, c : out.shape[-2] - c, c : out.shape[-1] - c])
+            if previous is not None and torch.equal(out, previous):  # a deterministic method: same values again
+                for values in per_metric.values():
+                    values.append(values[-1])
+                continue
+            previous = out
+            for key in keys:
+                metric = metrics.get(key)
+                if isinstance(metric, str):
+                    result.reasons[key] = metric
+                    continue
+                if metric.mode == "dataset":
+                    continue
+                if metric.mode == "FR" and sample.hr is None:
+                    result.reasons[key] = "the dataset has no HR images (full-reference metric)"
+                    continue
+                if metric.mode == "FR" and sample.hr is not None and sample.hr.shape[-2:] != out.shape[-2:]:
+                    result.reasons[key] = f"output {tuple(out.shape[-2:])} and HR {tuple(sample.hr.shape[-2:])} differ in size"
+                    continue
+                try:
+                    value = metric(out) if metric.mode == "NR" else metric(out, sample.hr[None])
+                except Exception as err:  # e.g. an IQA model rejecting the image size: n/a for this cell, not a crash
+                    result.reasons[key] = f"{key} failed on {sample.name}: {type(err).__name__}: {err}"
+                    continue
+                per_metric.setdefault(key, []).append(float(value[0]))
+        result.values[sample.name] = per_metric
+        if stability and len(unit.seeds) > 1:
+            result.l_std[sample.name] = local.image_value()
+    return result
+
+
+def merge(parts: Sequence[Measured], order: Sequence[str]) -> Measured:
+    """Merge the per-process results of a unit, images in dataset order (identical to one process)."""
+    merged = Measured(params_m=parts[0].params_m)
+    for part in parts:
+        merged.error = merged.error or part.error
+        merged.reasons.update(part.reasons)
+        merged.values.update(part.values)
+        merged.l_std.update(part.l_std)
+        merged.seconds.extend(part.seconds)
+    merged.values = {n: merged.values[n] for n in order if n in merged.values}
+    merged.l_std = {n: merged.l_std[n] for n in order if n in merged.l_std}
+    return merged
+
+
+def cell(measured: Measured, column: str, crop: int, fid: dict[str, Any]) -> tuple[float | None, str | None]:
+    """The measured value of one table column, or ``(None, reason)``."""
+    if measured.error:
+        return None, measured.error
+    if column == "params_m":
+        return measured.params_m, None
+    if column in ("runtime_ms", "runtime_s"):
+        if not measured.seconds:
+            return None, "no images were run"
+        mean = sum(measured.seconds) / len(measured.seconds)
+        return (mean * 1000 if column == "runtime_ms" else mean), None
+    if column == "l_std":
+        if not measured.l_std:
+            return None, "L-STD needs at least 2 seeds"
+        return sum(measured.l_std.values()) / len(measured.l_std), None
+    if column == "fid":
+        return fid.get("value"), fid.get("reason")
+    name = column.removesuffix("_gstd")
+    key = metric_key(name, crop)
+    if key in measured.reasons:
+        return None, measured.reasons[key]
+    runs = [v[key] for v in measured.values.values() if key in v]
+    if not runs:
+        return None, "no images were measured"
+    if column.endswith("_gstd"):
+        if len(runs[0]) < 2:
+            return None, "G-STD needs at least 2 seeds"
+        return g_std([list(r) for r in zip(*runs)]), None  # (N runs, M images), Eq. (4), CCSR
+    flat = [x for r in runs for x in r]
+    return sum(flat) / len(flat), None
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class TableResult:
+    table: Table
+    rows: list[dict[str, Any]]
+
+
+def run_benchmark(
+    *,
+    out: str | os.PathLike[str] = "outputs/bench",
+    mini: bool = False,
+    dataset_root: str | None = None,
+    methods: Sequence[str] | None = None,
+    tables: Sequence[str] | None = None,
+    tables_dir: str | None = None,
+    weights: str | None = None,
+    device: str | None = None,
+    mini_degradation: str = "bicubic",
+    mini_size: int | None = None,
+    runs: int | None = None,
+    datasets: Mapping[str, Sequence[Sample]] | None = None,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Measure every table row that can run; write ``<table>.md``/``.csv``, ``grid_<dataset>.png`` and ``results.json``.
+
+    ``methods`` restricts the srkit methods run (default: all registered); ``runs`` caps the number
+    of seeds of stability tables (default: the paper's, e.g. 10 for CCSR); ``datasets`` supplies
+    samples directly (name -> samples), bypassing ``mini``/``dataset_root``. Returns the JSON record.
+    """
+    from .. import list_methods
+
+    dist, auto_device = init_distributed()
+    device = device if device not in (None, "auto") else auto_device
+    specs = load_tables(tables_dir, tables)
+    known = list_methods()
+    selected = list(methods) if methods else known
+    unknown = sorted(set(selected) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown methods {unknown}; srkit has: {', '.join(known)}")
+    scales = {int(spec.protocol.get("scale", 4)) for spec in specs}
+    if len(scales) != 1:
+        raise ConfigError(f"the selected tables mix scales {sorted(scales)}; run them separately (tables=...)")
+    (scale,) = scales
+    for spec in specs:
+        add_extra_rows(spec, selected)
+        if runs is not None and len(spec.seeds) > 1:
+            spec.seeds = spec.seeds[: max(2, runs)]
+    wanted = sorted({r.dataset for s in specs for r in s.rows})
+    if datasets is not None:
+        found, missing = {k: list(v) for k, v in datasets.items()}, {}
+    else:
+        found, missing = resolve_datasets(
+            wanted, mini=mini, dataset_root=dataset_root, scale=scale, mini_degradation=mini_degradation, mini_size=mini_size
+        )
+
+    def source(dataset: str) -> str:
+        return MINI if mini and datasets is None else dataset
+
+    out = Path(out)
+    image_dir = out / "images"
+    metrics = MetricCache(device)
+    header = {
+        "command": {"mini": mini, "dataset_root": dataset_root, "methods": selected, "weights": weights, "device": device,
+                    "mini_degradation": mini_degradation if mini else None, "runs": runs, "world_size": dist.world},
+        "versions": versions(),
+    }
+    if dist.rank == 0:
+        log(f"srkit bench: {len(specs)} tables, methods {selected}, device {device}, {dist.world} process(es)")
+        for spec in specs:
+            log(f"  {spec.id}: seeds {spec.seeds}, crop_border {spec.protocol.get('crop_border', scale)}")
+
+    # Collect the units each table needs and the metric keys each unit must compute.
+    plan: dict[Unit, set[str]] = {}
+    stability_units: dict[Unit, int] = {}
+    for spec in specs:
+        crop = int(spec.protocol.get("crop_border", scale))
+        stab = any(c.endswith("_gstd") or c == "l_std" for c in spec.metrics)
+        for row in spec.rows:
+            unit = unit_of(row, spec, source(row.dataset))
+            if unit is None:
+                continue
+            keys = plan.setdefault(unit, set())
+            keys.update(metric_key(c.removesuffix("_gstd"), crop) for c in spec.metrics if c not in SPECIAL_COLUMNS)
+            if stab:
+                stability_units[unit] = crop
+
+    measured: dict[Unit, Measured] = {}
+    for unit, keys in plan.items():
+        samples = found.get(unit.dataset)
+        if samples is None or unit.method not in selected:
+            continue
+        if dist.rank == 0:
+            log(f"  running {unit.method} {unit.load} {unit.sr} on {unit.dataset} ({len(samples)} images, seeds {list(unit.seeds)})")
+        part = measure_unit(
+            unit, samples, sorted(keys), metrics=metrics, device=device, weights=weights, image_dir=image_dir, dist=dist,
+            stability=unit in stability_units, crop_border=stability_units.get(unit, 0),
+        )
+        measured[unit] = merge(dist.gather(part), [s.name for s in samples])
+    dist.barrier()
+    if dist.rank != 0:
+        return {}
+
+    fids = {unit: dataset_fid(unit, found, metrics, image_dir) for unit, keys in plan.items() if unit in measured and "fid" in keys}
+    results = [table_result(spec, selected, known, found, missing, measured, fids, source, scale) for spec in specs]
+    record = {**header, "metric_options": metric_options(metrics), "tables": [tr_json(t) for t in results]}
+    for key, options in record["metric_options"].items():
+        log(f"  metric {key}: {json.dumps(options, default=str)[:300]}")
+    out.mkdir(parents=True, exist_ok=True)
+    for tr in results:
+        write_markdown(out / f"{tr.table.id}.md", tr, record["metric_options"])
+        write_csv(out / f"{tr.table.id}.csv", tr)
+    for dataset, samples in found.items():
+        units = [u for u in measured if u.dataset == dataset and not measured[u].error]
+        write_grid(out / f"grid_{dataset}.png", samples, units, image_dir / dataset)
+    (out / "results.json").write_text(json.dumps(record, indent=1, default=str))
+    log(f"srkit bench: wrote {len(results)} tables (.md, .csv), grids and results.json to {out.resolve()}")
+    return record
+
+
+def add_extra_rows(spec: Table, selected: Sequence[str]) -> None:
+    """Add a row per dataset for each selected method the paper's table does not contain (srkit's own baseline)."""
+    in_table = {r.method for r in spec.rows}
+    datasets = list(dict.fromkeys(r.dataset for r in spec.rows))
+    for name in selected:
+        if name not in in_table:
+            empty: list[float | None] = [None] * len(spec.metrics)
+            spec.rows += [Row(d, f"{name} (srkit)", name, paper=empty, note="not in the paper's table") for d in datasets]
+
+
+def unit_of(row: Row, spec: Table, dataset: str) -> Unit | None:
+    if row.method is None:
+        return None
+    return Unit(row.method, json.dumps(row.load, sort_keys=True), json.dumps(row.sr, sort_keys=True), dataset, tuple(spec.seeds))
+
+
+def dataset_fid(unit: Unit, found: Mapping[str, Sequence[Sample]], metrics: MetricCache, image_dir: Path) -> dict[str, Any]:
+    """FID between the unit's outputs (first seed) and the dataset's HR images (pyiqa, folder mode)."""
+    from ..io import write_image
+
+    metric = metrics.get("fid")
+    if isinstance(metric, str):
+        return {"reason": metric}
+    samples = found[unit.dataset]
+    if any(s.hr is None for s in samples):
+        return {"reason": "the dataset has no HR images (FID against HR)"}
+    hr_dir = image_dir / unit.dataset / "_HR"
+    for s in samples:
+        if not (hr_dir / f"{s.name}.png").exists():
+            write_image(hr_dir / f"{s.name}.png", s.hr)
+    try:
+        return {"value": metric(image_dir / unit.dataset / unit.slug, hr_dir)}
+    except Exception as err:  # pyiqa's FID downloads its Inception weights on first use
+        return {"reason": f"FID failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+
+
+def table_result(
+    spec: Table, selected: Sequence[str], known: Sequence[str], found: Mapping[str, Any], missing: Mapping[str, str],
+    measured: Mapping[Unit, Measured], fids: Mapping[Unit, dict[str, Any]], source: Callable[[str], str], scale: int,
+) -> TableResult:
+    crop = int(spec.protocol.get("crop_border", scale))
+    rows = []
+    for row in spec.rows:
+        dataset = source(row.dataset)
+        unit = unit_of(row, spec, dataset)
+        reason = None
+        if row.method is None:
+            reason = row.note or "method not in srkit"
+        elif row.method not in known:
+            reason = f"method {row.method!r} is not in srkit yet"
+        elif row.method not in selected:
+            reason = "method not selected (--methods)"
+        elif dataset not in found:
+            reason = missing.get(dataset, f"dataset {dataset!r} not found")
+        cells = []
+        for i, column in enumerate(spec.metrics):
+            value, why = (None, reason) if reason or unit is None else cell(measured[unit], column, crop, fids.get(unit, {}))
+            cells.append({"column": column, "measured": value, "paper": row.paper[i], "reason": why})
+        shown = row.dataset if dataset == row.dataset else f"{dataset} (for {row.dataset})"
+        rows.append({"dataset": shown, "label": row.label, "method": row.method, "load": row.load, "sr": row.sr, "note": row.note,
+                     "cells": cells})
+    return TableResult(spec, rows)
+
+
+def tr_json(tr: TableResult) -> dict[str, Any]:
+    t = tr.table
+    return {"id": t.id, "paper": t.paper, "table": t.table, "title": t.title, "protocol": t.protocol, "seeds": t.seeds,
+            "metrics": t.metrics, "rows": tr.rows}
+
+
+def metric_options(metrics: MetricCache) -> dict[str, Any]:
+    return {
+        k: ({"source": m.source, **m.options} if isinstance(m, Metric) else {"unavailable": m}) for k, m in metrics.metrics.items()
+    }
+
+
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for package in ("srkit", "torch", "pyiqa"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Writers
+
+
+def fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+
+
+def write_markdown(path: Path, tr: TableResult, options: Mapping[str, Any]) -> None:
+    t = tr.table
+    notes: dict[str, int] = {}
+
+    def mark(reason: str) -> str:
+        return f"n/a[^{notes.setdefault(reason, len(notes) + 1)}]"
+
+    lines = [f"# {t.paper}, {t.table}: {t.title}", "", f"Protocol: {json.dumps(t.protocol)}; seeds {t.seeds}.",
+             "Cells: measured / paper.", "", "| dataset | method | " + " | ".join(t.metrics) + " |",
+             "|---|---|" + "---|" * len(t.metrics)]
+    for row in tr.rows:
+        cells = [
+            f"{fmt(c['measured']) if c['measured'] is not None else mark(c['reason'] or 'not measured')} / {fmt(c['paper'])}"
+            for c in row["cells"]
+        ]
+        lines.append(f"| {row['dataset']} | {row['label']} | " + " | ".join(cells) + " |")
+    lines += ["", "Metric options (pinned):", ""]
+    lines += [f"- `{k}`: {json.dumps(v, default=str)}" for k, v in options.items()]
+    lines += [""] + [f"[^{i}]: {reason}" for reason, i in notes.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_csv(path: Path, tr: TableResult) -> None:
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["table", "dataset", "label", "method", "settings", "metric", "measured", "paper", "reason"])
+        for row in tr.rows:
+            settings = json.dumps({"load": row["load"], "sr": row["sr"]}, sort_keys=True)
+            for c in row["cells"]:
+                measured = "n/a" if c["measured"] is None else repr(c["measured"])
+                paper = "" if c["paper"] is None else repr(c["paper"])
+                cells = [c["column"], measured, paper, c["reason"] or ""]
+                writer.writerow([tr.table.id, row["dataset"], row["label"], row["method"] or "", settings, *cells])
+
+
+def write_grid(path: Path, samples: Sequence[Sample], units: Sequence[Unit], folder: Path) -> None:
+    """Centre crops of the first images: LR (nearest), each unit's output, HR; one row per image."""
+    import torch.nn.functional as F
+
+    from ..demo import side_by_side
+    from ..io import read_image, write_image
+
+    rows = []
+    for sample in samples[:GRID_IMAGES]:
+        h, w = sample.lr.shape[-2:]
+        scale = sample.hr.shape[-1] // w if sample.hr is not None else 4
+        size = min(GRID_CROP, h * scale, w * scale) // scale * scale
+        top, left = (h * scale - size) // 2 // scale * scale, (w * scale - size) // 2 // scale * scale
+
+        def crop(x: Tensor, top: int = top, left: int = left, size: int = size) -> Tensor:
+            return x[..., top : top + size, left : left + size]
+
+        lr_up = F.interpolate(sample.lr[None], scale_factor=scale, mode="nearest")[0]
+        panels = {"LR": crop(lr_up)}
+        for unit in units:
+            file = folder / unit.slug / f"{sample.name}.png"
+            if file.exists():
+                image = read_image(file)
+                if image.shape[-2:] == lr_up.shape[-2:]:
+                    panels[unit.slug.rsplit("_", 1)[0].rstrip("_")[:24]] = crop(image)
+        if sample.hr is not None:
+            panels["HR"] = crop(sample.hr)
+        rows.append(side_by_side(panels))
+    if rows:
+        width = max(r.shape[-1] for r in rows)
+        write_image(path, torch.cat([F.pad(r, (0, width - r.shape[-1]), value=1.0) for r in rows], dim=1))
+
+
+def run_bench(cfg: Any) -> dict[str, Any]:
+    """The ``srkit bench`` task: :func:`run_benchmark` with the keys of ``conf/bench.yaml``."""
+    from omegaconf import OmegaConf
+
+    options = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(options, dict)
+    options.pop("hydra", None)
+    return run_benchmark(**options)

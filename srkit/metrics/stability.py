@@ -1,0 +1,125 @@
+"""CCSR's stability metrics over N seeded runs: G-STD (Eq. 4) and L-STD (Eq. 5), CCSR paper.
+
+Both use the population standard deviation (ddof 0) across the N runs, as CCSR's
+``cal_iqa/iqa_G-STD.py`` and ``iqa_L-STD.py`` do. Eq. (5) as printed omits the square inside the
+root; the official script (and the name "standard deviation") square the deviations, so do we.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError, InvalidImageError
+
+
+def g_std(values: Tensor | Sequence[Sequence[float]]) -> float:
+    """Eq. (4), CCSR: mean over the M images of the std across the N runs of a per-image metric.
+
+    ``values`` has shape (N runs, M images).
+    """
+    p = torch.as_tensor(values, dtype=torch.float64)
+    if p.dim() != 2 or p.shape[0] < 2:
+        raise ConfigError(f"g_std needs values of shape (N runs >= 2, M images), got {tuple(p.shape)}")
+    return float(p.std(dim=0, correction=0).mean())
+
+
+class LocalStd:
+    """Eq. (5), CCSR, accumulated one run at a time (Welford), so N outputs are never held at once.
+
+    For each image j: add its N SR outputs with :meth:`update`; :meth:`image_value` is the mean over
+    pixels and channels of the per-pixel std across runs; :attr:`value` the mean over images.
+    """
+
+    def __init__(self) -> None:
+        self._images: list[float] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self._count = 0
+        self._mean: Tensor | None = None
+        self._m2: Tensor | None = None
+
+    def update(self, output: Tensor) -> None:
+        """Add one run's SR output (C, H, W) of the current image."""
+        x = output.detach().to(torch.float64)
+        self._count += 1
+        if self._mean is None or self._m2 is None:
+            self._mean, self._m2 = x.clone(), torch.zeros_like(x)
+            return
+        if x.shape != self._mean.shape:
+            raise InvalidImageError(f"run outputs differ in shape: {tuple(x.shape)} vs {tuple(self._mean.shape)}")
+        delta = x - self._mean
+        self._mean += delta / self._count
+        self._m2 += delta * (x - self._mean)
+
+    def image_value(self) -> float:
+        """Close the current image: its L-STD term (mean over H, W and channels); start the next image."""
+        if self._m2 is None or self._count < 2:
+            raise ConfigError("L-STD needs at least 2 runs of an image")
+        value = float((self._m2 / self._count).sqrt().mean())
+        self._images.append(value)
+        self._reset()
+        return value
+
+    @property
+    def value(self) -> float:
+        if not self._images:
+            raise ConfigError("L-STD has no images yet")
+        return sum(self._images) / len(self._images)
+
+
+def l_std(outputs: Tensor) -> float:
+    """Eq. (5), CCSR, of SR outputs of shape (N runs, M images, C, H, W) in [0, 1]."""
+    x = torch.as_tensor(outputs, dtype=torch.float64)
+    if x.dim() != 5 or x.shape[0] < 2:
+        raise ConfigError(f"l_std needs outputs of shape (N runs >= 2, M, C, H, W), got {tuple(x.shape)}")
+    return float(x.std(dim=0, correction=0).mean())
+
+
+@dataclass(frozen=True)
+class Stability:
+    """A metric's mean over runs and images, its G-STD, and the L-STD of the outputs."""
+
+    mean: float
+    g_std: float
+    l_std: float
+    values: tuple[tuple[float, ...], ...]  # (N runs, M images)
+
+
+def stability(
+    method: Any,
+    pairs: Sequence[Any],
+    metric: Callable[[Tensor, Tensor], Tensor],
+    seeds: Sequence[int],
+    *,
+    crop_border: int = 4,
+    **sr_kwargs: Any,
+) -> Stability:
+    """Run ``method.sr`` on every pair's LR with each seed; G-STD of ``metric`` and L-STD of the outputs.
+
+    ``metric(sr, hr)`` returns per-image values (B,) (e.g. :func:`srkit.metrics.psnr`); ``pairs`` have
+    ``.lr`` and ``.hr`` (3, H, W) tensors. L-STD is computed after cropping ``crop_border`` pixels, as
+    CCSR's script does. ``sr_kwargs`` go to ``method.sr`` (e.g. ``steps=``).
+    """
+    if len(seeds) < 2:
+        raise ConfigError(f"stability needs at least 2 seeds, got {list(seeds)}")
+    if not pairs:
+        raise ConfigError("stability needs at least one (LR, HR) pair")
+    values = [[0.0] * len(pairs) for _ in seeds]
+    local = LocalStd()
+    for j, pair in enumerate(pairs):
+        for i, seed in enumerate(seeds):
+            out = method.sr(pair.lr.unsqueeze(0), seed=int(seed), **sr_kwargs)
+            values[i][j] = float(metric(out, pair.hr.unsqueeze(0).to(out))[0])
+            c = crop_border
+            local.update(out[0, :, c : out.shape[-2] - c, c : out.shape[-1] - c])
+        local.image_value()
+    flat = [v for run in values for v in run]
+    return Stability(
+        mean=sum(flat) / len(flat), g_std=g_std(values), l_std=local.value, values=tuple(map(tuple, values))
+    )

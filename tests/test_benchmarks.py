@@ -1,0 +1,182 @@
+"""The benchmark harness: table specs, n/a reasons, outputs, sharding over 2 processes, the --mini acceptance run."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import srkit
+from srkit.errors import ConfigError
+from srkit.metrics.bench import Sample, load_tables, run_benchmark
+from srkit.metrics.fidelity import psnr
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = """
+paper: Test paper
+table: Table 1
+title: a tiny table
+protocol: {scale: 4, crop_border: 4}
+metrics: [psnr, psnr_gstd, ssim, l_std, params_m, musiq]
+seeds: [0, 1]
+rows:
+- {dataset: realsr, label: Bicubic, method: bicubic, paper: [20.0, 0.1, 0.5, 0.01, 0.0, 50.0]}
+- {dataset: realsr, label: BSRGAN, method: null, paper: [21.0, null, 0.6, null, 16.7, 60.0]}
+- {dataset: realset80, label: Bicubic, method: bicubic, paper: [null, null, null, null, null, 40.0]}
+"""
+
+
+def samples(n=3):
+    from srkit.degradations.bicubic import BicubicDownsample
+
+    g = torch.Generator().manual_seed(0)
+    hr = torch.nn.functional.avg_pool2d(torch.rand(n, 3, 64, 64, generator=g), 3, 1, 1)
+    lr = BicubicDownsample(4)(hr)
+    return [Sample(f"img{i}", lr[i], hr[i]) for i in range(n)]
+
+
+@pytest.fixture
+def tables_dir(tmp_path):
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    (folder / "tiny.yaml").write_text(TABLE)
+    return folder
+
+
+def test_every_paper_table_spec_loads():
+    tables = load_tables(ROOT / "benchmarks" / "tables")
+    papers = {t.id.rsplit("_table", 1)[0] for t in tables}
+    assert papers == {"ccsr", "dmsr", "invsr", "lpnsr", "pg_resshift"}
+    assert len(tables) == 22
+    invsr = next(t for t in tables if t.id == "invsr_table2")
+    row = next(r for r in invsr.rows if r.label == "InvSR-1 (Ours)" and r.dataset == "realsr")
+    assert row.method == "invsr" and row.sr == {"steps": 1}
+    assert row.paper == [24.50, 0.7262, 0.2872, 4.2189, 3.7779, 0.6918, 67.4586, 33.84]  # Table 2, RealSR
+    ccsr = next(t for t in tables if t.id == "ccsr_table5")
+    assert len(ccsr.seeds) == 10 and "l_std" in ccsr.metrics
+
+
+def test_bad_spec_is_a_config_error(tmp_path):
+    (tmp_path / "bad.yaml").write_text(TABLE.replace("params_m, musiq]", "params_m, musiqq]"))
+    with pytest.raises(ConfigError, match="unknown column 'musiqq'"):
+        load_tables(tmp_path)
+    with pytest.raises(ConfigError, match="unknown tables"):
+        load_tables(ROOT / "benchmarks" / "tables", ["nope"])
+
+
+def test_harness_writes_tables_with_measured_values_and_reasons(tables_dir, tmp_path, monkeypatch):
+    from srkit.metrics import iqa
+
+    def unavailable(name, device):
+        raise iqa.MetricUnavailable(f"no {name} here")
+
+    monkeypatch.setattr(iqa, "_pyiqa_metric", unavailable)
+    out = tmp_path / "out"
+    record = run_benchmark(
+        out=out, datasets={"realsr": samples()}, methods=["bicubic"], tables_dir=str(tables_dir), log=lambda *a: None
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["grid_realsr.png", "images", "results.json", "tiny.csv", "tiny.md"]
+    rows = record["tables"][0]["rows"]
+    cells = {c["column"]: c for c in rows[0]["cells"]}
+    bicubic = srkit.load("bicubic")
+    expected = torch.cat([psnr(bicubic.sr(s.lr[None]), s.hr[None]) for s in samples()]).mean()
+    assert cells["psnr"]["measured"] == pytest.approx(expected.item())
+    assert cells["psnr_gstd"]["measured"] == 0 and cells["l_std"]["measured"] == 0  # bicubic is deterministic
+    assert cells["params_m"]["measured"] == 0 and cells["psnr"]["paper"] == 20.0
+    assert cells["musiq"]["measured"] is None and cells["musiq"]["reason"] == "no musiq here"
+    assert rows[1]["cells"][0]["reason"] == "method not in srkit"
+    assert "realset80" in rows[2]["cells"][0]["reason"] or "dataset" in rows[2]["cells"][0]["reason"]
+    markdown = (out / "tiny.md").read_text()
+    assert "n/a[^" in markdown and "no musiq here" in markdown and "crop_border" in markdown
+    with open(out / "tiny.csv") as f:
+        lines = list(csv.DictReader(f))
+    assert {r["metric"] for r in lines} == {"psnr", "psnr_gstd", "ssim", "l_std", "params_m", "musiq"}
+    assert json.loads((out / "results.json").read_text())["tables"][0]["seeds"] == [0, 1]
+
+
+def test_unknown_method_is_a_config_error(tables_dir, tmp_path):
+    with pytest.raises(ConfigError, match="unknown methods"):
+        run_benchmark(out=tmp_path, datasets={}, methods=["bicubik"], tables_dir=str(tables_dir), log=lambda *a: None)
+
+
+def test_methods_that_fail_to_load_are_na_with_the_reason(tables_dir, tmp_path):
+    # realesrgan with a weights file that does not exist: every cell of its rows says why
+    record = run_benchmark(out=tmp_path, datasets={"realsr": samples(1)}, methods=["realesrgan"], tables_dir=str(tables_dir),
+                           weights=str(tmp_path / "missing.pth"), log=lambda *a: None)
+    extra = [r for r in record["tables"][0]["rows"] if r["label"] == "realesrgan (srkit)"]
+    assert extra and all(c["measured"] is None and "missing.pth" in c["reason"] for c in extra[0]["cells"])
+    bicubic = record["tables"][0]["rows"][0]
+    assert bicubic["cells"][0]["reason"] == "method not selected (--methods)"
+
+
+def _run(args, **kwargs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, **kwargs)
+
+
+@pytest.mark.slow
+def test_two_processes_gather_the_single_process_result(tables_dir, tmp_path):
+    common = ["--mini", "--mini-size", "256", "--methods", "bicubic", "--tables-dir", str(tables_dir)]
+    one = _run([sys.executable, "benchmarks/run_all.py", "--out", str(tmp_path / "one"), *common])
+    assert one.returncode == 0, one.stderr
+    two = _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+                "benchmarks/run_all.py", "--out", str(tmp_path / "two"), *common])
+    assert two.returncode == 0, two.stderr
+
+    def measured(folder):
+        record = json.loads((folder / "results.json").read_text())
+        return record["command"]["world_size"], [[c["measured"] for c in r["cells"]] for r in record["tables"][0]["rows"]]
+
+    (w1, m1), (w2, m2) = measured(tmp_path / "one"), measured(tmp_path / "two")
+    assert (w1, w2) == (1, 2) and m1 == m2 and m1[0][0] is not None
+
+
+@pytest.mark.slow
+def test_acceptance_mini_bicubic_writes_every_table(tmp_path):
+    result = _run([sys.executable, "benchmarks/run_all.py", "--mini", "--methods", "bicubic", "--out", str(tmp_path)])
+    assert result.returncode == 0, result.stderr
+    ids = [p.stem for p in (ROOT / "benchmarks" / "tables").glob("*.yaml")]
+    for table in ids:
+        text = (tmp_path / f"{table}.md").read_text()
+        assert "bicubic (srkit)" in text and "n/a[^" in text
+        assert (tmp_path / f"{table}.csv").is_file()
+    assert (tmp_path / "grid_srkit-mini.png").is_file() and (tmp_path / "results.json").is_file()
+    record = json.loads((tmp_path / "results.json").read_text())
+    psnr = [c for t in record["tables"] for r in t["rows"] if r["method"] == "bicubic" for c in r["cells"] if c["column"] == "psnr"]
+    assert psnr and all(20 < c["measured"] < 40 for c in psnr)
+
+
+def test_bench_config_composes_and_runs(tables_dir, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from srkit.metrics.bench import run_bench
+    from srkit.registry import config_dir
+
+    overrides = ["+bench=mini", "methods=[bicubic]", f"tables_dir={tables_dir}", f"out={tmp_path}"]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name="bench", overrides=overrides)
+    assert cfg.mini and cfg.runs == 2 and cfg.mini_size == 256
+    record = run_bench(cfg)
+    assert record["command"]["methods"] == ["bicubic"] and (tmp_path / "tiny.md").is_file()
+
+
+def test_dataset_root_folders_and_lr_only_sets(tables_dir, tmp_path):
+    from srkit.io import write_image
+
+    for s in samples(2):
+        write_image(tmp_path / "data" / "RealSR" / "HR" / f"{s.name}.png", s.hr)
+        write_image(tmp_path / "data" / "RealSR" / "LR" / f"{s.name}.png", s.lr)
+        write_image(tmp_path / "data" / "RealSet80" / "LR" / f"{s.name}.png", s.lr)
+    record = run_benchmark(out=tmp_path / "out", dataset_root=str(tmp_path / "data"), methods=["bicubic"],
+                           tables_dir=str(tables_dir), log=lambda *a: None)
+    realsr, _, realset80 = record["tables"][0]["rows"]
+    assert 15 < realsr["cells"][0]["measured"] < 60
+    assert realset80["cells"][0]["measured"] is None and "no HR" in realset80["cells"][0]["reason"]
+    assert (tmp_path / "out" / "grid_realset80.png").is_file()
+    missing = run_benchmark(out=tmp_path / "out2", dataset_root=str(tmp_path / "nowhere"), methods=["bicubic"],
+                            tables_dir=str(tables_dir), log=lambda *a: None)
+    assert "does not exist" in missing["tables"][0]["rows"][0]["cells"][0]["reason"]
