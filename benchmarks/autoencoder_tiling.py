@@ -12,9 +12,9 @@ latent untiled and tiled, each in a fresh process, and reports:
   growth of the resident set during the decode (:class:`PeakRSS`); it should follow the tile, not
   the image.
 
-``vq-f4`` is ``VQModelTorch.decode_tiled`` as it stands (per-tile GroupNorm statistics);
-``vq-f4+sync`` tiles the same decoder the way ``SDVAE.decode_tiled`` does (latent-resolution part
-whole, up path with :class:`srkit.backends.sd.GroupNormSync`).
+Both ``decode_tiled`` run the latent-resolution part (mid block with its global attention) whole
+and the up path in tiles with image-wide GroupNorm statistics (:class:`srkit.tiling.GroupNormSync`,
+``--sync-passes`` statistics passes; 0 gives per-tile statistics, as diffusers' tiling).
 
 Weights are srkit-synthetic-v1 (no pretrained weights are needed). Full-size configs come from
 ``conf/backend``. Example (the acceptance setting, a 1024x1024 image)::
@@ -39,8 +39,8 @@ from typing import Any
 import torch
 
 SEED = 0
-AUTOENCODERS = ["sd-vae", "vq-f4", "vq-f4+sync"]
-DOWNSCALE = {"sd-vae": 8, "vq-f4": 4, "vq-f4+sync": 4}
+AUTOENCODERS = ["sd-vae", "vq-f4"]
+DOWNSCALE = {"sd-vae": 8, "vq-f4": 4}
 
 
 def build(name: str, device: str) -> Any:
@@ -98,30 +98,6 @@ class PeakRSS:
         self.peak = max(self.peak, self.rss())
 
 
-def vq_decode_synced(model: Any, z: torch.Tensor, *, tile: int, overlap: int, sync_passes: int) -> torch.Tensor:
-    """VQ-f4 decode the way ``SDVAE.decode_tiled`` does it: latent-resolution part whole, up path tiled with GroupNormSync."""
-    from srkit.backends.sd import synced_tiled_apply
-    from srkit.backends.vq import _swish
-
-    decoder = model.decoder
-    quantized, _ = model.quantize(z)
-    h = decoder.conv_in(model.post_quant_conv(quantized))
-    h = decoder.mid.block_2(decoder.mid.attn_1(decoder.mid.block_1(h)))
-
-    def up_path(x: torch.Tensor) -> torch.Tensor:
-        for up in reversed(decoder.up):
-            for i, block in enumerate(up.block):
-                x = block(x)
-                if len(up.attn):
-                    x = up.attn[i](x)
-            if hasattr(up, "upsample"):
-                x = up.upsample(x)
-        return decoder.conv_out(_swish(decoder.norm_out(x)))
-
-    return synced_tiled_apply(up_path, h, [*decoder.up, decoder.norm_out], scale=model.downscale, tile=tile,
-                              overlap=overlap, sync_passes=sync_passes)
-
-
 def decode_once(name: str, device: str, image: int, tile: int | None, overlap: int, sync_passes: int, out: str) -> dict[str, float]:
     """Decode in this (fresh) process and save the result to ``out``; returns time and peak memory."""
     model = build(name, device)
@@ -133,14 +109,7 @@ def decode_once(name: str, device: str, image: int, tile: int | None, overlap: i
         base = torch.cuda.max_memory_allocated()
     start = time.perf_counter()
     with torch.no_grad(), PeakRSS() as rss:
-        if tile is None:
-            x = model.decode(z)
-        elif name == "sd-vae":
-            x = model.decode_tiled(z, tile=tile, overlap=overlap, sync_passes=sync_passes)
-        elif name == "vq-f4+sync":
-            x = vq_decode_synced(model, z, tile=tile, overlap=overlap, sync_passes=sync_passes)
-        else:
-            x = model.decode_tiled(z, tile=tile, overlap=overlap)
+        x = model.decode(z) if tile is None else model.decode_tiled(z, tile=tile, overlap=overlap, sync_passes=sync_passes)
     seconds = time.perf_counter() - start
     if device == "cuda":
         torch.cuda.synchronize()
@@ -207,11 +176,11 @@ def run(names: list[str], images: list[int], tiles: list[int], overlap: int, syn
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--autoencoders", nargs="+", default=AUTOENCODERS, choices=AUTOENCODERS,
-                        help="vq-f4: VQModelTorch.decode_tiled; vq-f4+sync: its decoder tiled with GroupNormSync")
+                        help="sd-vae: SDVAE.decode_tiled; vq-f4: VQModelTorch.decode_tiled")
     parser.add_argument("--images", nargs="+", type=int, default=[1024], help="image sides in pixels")
     parser.add_argument("--tiles", nargs="+", type=int, default=[32, 64], help="tile sides in latent pixels")
     parser.add_argument("--overlap", type=int, default=16, help="tile overlap in latent pixels")
-    parser.add_argument("--sync-passes", type=int, default=2, help="SD-VAE GroupNorm statistics passes (0: per-tile statistics)")
+    parser.add_argument("--sync-passes", type=int, default=2, help="GroupNorm statistics passes (0: per-tile statistics)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, default=Path("outputs/bench/autoencoder_tiling.json"))
     args = parser.parse_args()

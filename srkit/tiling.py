@@ -14,11 +14,12 @@ they can be stacked into batches; each tile is padded to the model's size multip
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .errors import TileError
 
@@ -152,3 +153,119 @@ def tiled_apply(
     bar.close()
     assert out is not None
     return (out / weight_sum.to(accumulate_dtype)).to(out_dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tiling networks with GroupNorm: image-wide statistics across tiles
+
+
+Core = tuple[int, int, float, float]  # (tile start, tile size, core start, core end) along one axis
+
+
+def tile_cores(length: int, tile: int, overlap: int) -> list[Core]:
+    """The tiles :func:`srkit.tiling.tiled_apply` uses along one axis, each with its *core*.
+
+    Cores partition ``[0, length)``: neighbouring tiles meet in the middle of their overlap, the
+    points farthest from both tiles' cut edges.
+    """
+    size = min(tile, length)
+    starts = tile_starts(length, size, overlap)
+    bounds = [0.0, *((starts[i - 1] + size + starts[i]) / 2 for i in range(1, len(starts))), float(length)]
+    return [(start, size, bounds[i], bounds[i + 1]) for i, start in enumerate(starts)]
+
+
+class GroupNormSync:
+    """Makes every ``nn.GroupNorm`` of some modules use image-wide statistics while they run on tiles.
+
+    Inside :meth:`active`, each GroupNorm adds the per-(sample, group) sum, sum of squares and count
+    of its input over the current tile's core (``region``: the row and column :data:`Core` of the
+    tile, in the coordinates of the tiled input) to running totals in float64; since cores partition
+    the image, the totals are the untiled ones. Once :meth:`freeze` has been called, it normalises
+    with the frozen image-wide mean and variance instead of the tile's own.
+    """
+
+    def __init__(self, modules: list[nn.Module]):
+        self.norms = [m for module in modules for m in module.modules() if isinstance(m, nn.GroupNorm)]
+        self.region: tuple[Core, Core] | None = None
+        self._sums: dict[int, Tensor] = {}
+        self._stats: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def freeze(self) -> None:
+        """Turn the accumulated totals into the statistics used from now on, and start new totals."""
+        for key, totals in self._sums.items():
+            s1, s2, n = totals.unbind(-1)
+            mean = s1 / n
+            self._stats[key] = (mean, (s2 / n - mean.square()).clamp_min(0))
+        self._sums = {}
+
+    def _core(self, x: Tensor) -> Tensor:
+        if self.region is None:
+            return x
+        slices = []
+        for (start, size, lo, hi), extent in zip(self.region, x.shape[-2:]):
+            r = extent / size  # this layer's resolution relative to the tiled input
+            slices.append(slice(round(lo * r) - round(start * r), round(hi * r) - round(start * r)))
+        return x[..., slices[0], slices[1]]
+
+    def _forward(self, norm: nn.GroupNorm, x: Tensor) -> Tensor:
+        core = self._core(x).reshape(x.shape[0], norm.num_groups, -1).double()
+        totals = torch.stack([core.sum(-1), core.square().sum(-1), torch.full_like(core[..., 0], core.shape[-1])], -1)
+        key = id(norm)
+        self._sums[key] = self._sums[key] + totals if key in self._sums else totals
+        if key not in self._stats:
+            return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        mean, var = self._stats[key]
+        groups = x.reshape(x.shape[0], norm.num_groups, -1).double()
+        y = ((groups - mean[..., None]) * torch.rsqrt(var[..., None] + norm.eps)).to(x.dtype).reshape(x.shape)
+        if norm.affine:
+            y = y * norm.weight[:, None, None] + norm.bias[:, None, None]
+        return y
+
+    @contextmanager
+    def active(self) -> Iterator[GroupNormSync]:
+        """Route the GroupNorms' forward through the synchronised version while inside the block."""
+        for norm in self.norms:
+            norm.forward = lambda x, norm=norm: self._forward(norm, x)  # an instance attribute shadows the method
+        try:
+            yield self
+        finally:
+            for norm in self.norms:
+                del norm.forward
+
+
+def synced_tiled_apply(
+    fn: Callable[[Tensor], Tensor],
+    x: Tensor,
+    modules: list[nn.Module],
+    *,
+    scale: float,
+    tile: int,
+    overlap: int,
+    sync_passes: int = 2,
+    progress: bool = False,
+) -> Tensor:
+    """:func:`srkit.tiling.tiled_apply` of ``fn`` with the GroupNorms of ``modules`` using image-wide statistics.
+
+    ``sync_passes`` tiled passes accumulate the statistics (:class:`GroupNormSync`) before the final
+    pass; each pass refines them, as every GroupNorm's input depends on the statistics before it.
+    """
+    if tile >= x.shape[-2] and tile >= x.shape[-1]:
+        return tiled_apply(fn, x, scale=scale, tile=tile, overlap=overlap)  # one tile: nothing to synchronise
+    sync = GroupNormSync(modules)
+
+    def run() -> Tensor:
+        # tiled_apply visits the tiles row by row, one call per tile (batch_size=1)
+        regions = iter([(row, col) for row in tile_cores(x.shape[-2], tile, overlap)
+                        for col in tile_cores(x.shape[-1], tile, overlap)])
+
+        def step(tile_input: Tensor) -> Tensor:
+            sync.region = next(regions, None)
+            return fn(tile_input)
+
+        return tiled_apply(step, x, scale=scale, tile=tile, overlap=overlap, progress=progress)
+
+    with sync.active():
+        for _ in range(sync_passes):
+            run()
+            sync.freeze()
+        return run()

@@ -2,6 +2,7 @@
 and the CLI finds its configs after a regular (non-editable) install."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -23,8 +24,14 @@ def test_every_package_folder_is_listed_in_pyproject():
 
 @pytest.mark.slow
 def test_wheel_install_finds_configs(tmp_path):
+    # Build from a copy of the tracked tree: setuptools leaves a build/ folder next to its input.
+    source = tmp_path / "source"
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for name in tracked:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
         check=True,
     )
     wheel = next(tmp_path.glob("srkit-*.whl"))

@@ -8,9 +8,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from srkit.backends.sd import DIFFUSERS_WEIGHTS, SDVAE, build_component, count_parameters, tile_cores
+from srkit.backends.sd import DIFFUSERS_WEIGHTS, SDVAE, build_component, count_parameters
 from srkit.errors import ConfigError, WeightsNotFoundError
 from srkit.registry import config_dir, instantiate
+from srkit.tiling import tile_cores
 from srkit.weights import load_weights, srkit_home
 
 VAE_SMALL = dict(block_out_channels=[32, 32, 64, 64], layers_per_block=1)

@@ -17,7 +17,7 @@ mid-block self-attention and every GroupNorm's statistics (per tile instead of p
 0.1 max abs with srkit-synthetic-v1 weights, so diffusers' tiling cannot meet 1e-2). Here the
 latent-resolution part (``post_quant_conv``, ``conv_in``, mid block with its attention) runs on the
 whole latent, which is 1/64 of the pixels; the up path runs tile by tile with
-:class:`GroupNormSync`: statistics passes (two by default) accumulate each GroupNorm's per-group
+:class:`srkit.tiling.GroupNormSync`: statistics passes (two by default) accumulate each GroupNorm's per-group
 sums over the tiles' cores, and the final pass normalises with those image-wide statistics, so
 memory stays proportional to the tile while the result matches the untiled decode (5e-3 max abs
 on a synthetic-weight VAE, against 0.1 with per-tile statistics; each pass costs one tiled decode).
@@ -30,23 +30,20 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError, WeightsNotFoundError
-from ..tiling import tile_starts
+from ..tiling import synced_tiled_apply
 from ..types import Autoencoder
 from ..weights import SYNTHETIC, cache_file, load_weights, resolve, synthetic_tensor
 
 __all__ = [
-    "DIFFUSERS_WEIGHTS", "SDVAE", "GroupNormSync", "StableDiffusion", "build_component", "count_parameters",
-    "encode_prompt", "synced_tiled_apply", "tile_cores",
+    "DIFFUSERS_WEIGHTS", "SDVAE", "StableDiffusion", "build_component", "count_parameters", "encode_prompt",
 ]
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -78,80 +75,6 @@ def build_component(component: str, config: Mapping[str, Any], *, device: str | 
 def count_parameters(component: str, config: Mapping[str, Any]) -> int:
     """Parameter count of a component, built on the ``meta`` device (no memory is allocated)."""
     return sum(p.numel() for p in build_component(component, config, device="meta").parameters())
-
-
-Core = tuple[int, int, float, float]  # (tile start, tile size, core start, core end) along one axis
-
-
-def tile_cores(length: int, tile: int, overlap: int) -> list[Core]:
-    """The tiles :func:`srkit.tiling.tiled_apply` uses along one axis, each with its *core*.
-
-    Cores partition ``[0, length)``: neighbouring tiles meet in the middle of their overlap, the
-    points farthest from both tiles' cut edges.
-    """
-    size = min(tile, length)
-    starts = tile_starts(length, size, overlap)
-    bounds = [0.0, *((starts[i - 1] + size + starts[i]) / 2 for i in range(1, len(starts))), float(length)]
-    return [(start, size, bounds[i], bounds[i + 1]) for i, start in enumerate(starts)]
-
-
-class GroupNormSync:
-    """Makes every ``nn.GroupNorm`` of some modules use image-wide statistics while they run on tiles.
-
-    Inside :meth:`active`, each GroupNorm adds the per-(sample, group) sum, sum of squares and count
-    of its input over the current tile's core (``region``: the row and column :data:`Core` of the
-    tile, in the coordinates of the tiled input) to running totals in float64; since cores partition
-    the image, the totals are the untiled ones. Once :meth:`freeze` has been called, it normalises
-    with the frozen image-wide mean and variance instead of the tile's own.
-    """
-
-    def __init__(self, modules: list[nn.Module]):
-        self.norms = [m for module in modules for m in module.modules() if isinstance(m, nn.GroupNorm)]
-        self.region: tuple[Core, Core] | None = None
-        self._sums: dict[int, Tensor] = {}
-        self._stats: dict[int, tuple[Tensor, Tensor]] = {}
-
-    def freeze(self) -> None:
-        """Turn the accumulated totals into the statistics used from now on, and start new totals."""
-        for key, totals in self._sums.items():
-            s1, s2, n = totals.unbind(-1)
-            mean = s1 / n
-            self._stats[key] = (mean, (s2 / n - mean.square()).clamp_min(0))
-        self._sums = {}
-
-    def _core(self, x: Tensor) -> Tensor:
-        if self.region is None:
-            return x
-        slices = []
-        for (start, size, lo, hi), extent in zip(self.region, x.shape[-2:]):
-            r = extent / size  # this layer's resolution relative to the tiled input
-            slices.append(slice(round(lo * r) - round(start * r), round(hi * r) - round(start * r)))
-        return x[..., slices[0], slices[1]]
-
-    def _forward(self, norm: nn.GroupNorm, x: Tensor) -> Tensor:
-        core = self._core(x).reshape(x.shape[0], norm.num_groups, -1).double()
-        totals = torch.stack([core.sum(-1), core.square().sum(-1), torch.full_like(core[..., 0], core.shape[-1])], -1)
-        key = id(norm)
-        self._sums[key] = self._sums[key] + totals if key in self._sums else totals
-        if key not in self._stats:
-            return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
-        mean, var = self._stats[key]
-        groups = x.reshape(x.shape[0], norm.num_groups, -1).double()
-        y = ((groups - mean[..., None]) * torch.rsqrt(var[..., None] + norm.eps)).to(x.dtype).reshape(x.shape)
-        if norm.affine:
-            y = y * norm.weight[:, None, None] + norm.bias[:, None, None]
-        return y
-
-    @contextmanager
-    def active(self) -> Iterator[GroupNormSync]:
-        """Route the GroupNorms' forward through the synchronised version while inside the block."""
-        for norm in self.norms:
-            norm.forward = lambda x, norm=norm: self._forward(norm, x)  # an instance attribute shadows the method
-        try:
-            yield self
-        finally:
-            for norm in self.norms:
-                del norm.forward
 
 
 class SDVAE(Autoencoder):
@@ -202,45 +125,6 @@ class SDVAE(Autoencoder):
             up_path, latent_part(z), [*decoder.up_blocks, decoder.conv_norm_out], scale=self.downscale, tile=tile,
             overlap=overlap, sync_passes=sync_passes, progress=progress,
         )
-
-
-def synced_tiled_apply(
-    fn: Callable[[Tensor], Tensor],
-    x: Tensor,
-    modules: list[nn.Module],
-    *,
-    scale: float,
-    tile: int,
-    overlap: int,
-    sync_passes: int = 2,
-    progress: bool = False,
-) -> Tensor:
-    """:func:`srkit.tiling.tiled_apply` of ``fn`` with the GroupNorms of ``modules`` using image-wide statistics.
-
-    ``sync_passes`` tiled passes accumulate the statistics (:class:`GroupNormSync`) before the final
-    pass; each pass refines them, as every GroupNorm's input depends on the statistics before it.
-    """
-    from ..tiling import tiled_apply
-
-    sync = GroupNormSync(modules)
-    whole = tile >= x.shape[-2] and tile >= x.shape[-1]
-
-    def run() -> Tensor:
-        # tiled_apply visits the tiles row by row, one call per tile (batch_size=1)
-        regions = iter([] if whole else [(row, col) for row in tile_cores(x.shape[-2], tile, overlap)
-                                         for col in tile_cores(x.shape[-1], tile, overlap)])
-
-        def step(tile_input: Tensor) -> Tensor:
-            sync.region = next(regions, None)
-            return fn(tile_input)
-
-        return tiled_apply(step, x, scale=scale, tile=tile, overlap=overlap, progress=progress)
-
-    with sync.active():
-        for _ in range(sync_passes):
-            run()
-            sync.freeze()
-        return run()
 
 
 class StableDiffusion(nn.Module):

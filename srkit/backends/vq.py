@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError, InvalidImageError
+from ..tiling import synced_tiled_apply
 from ..types import Autoencoder
 from .swin_unet import build_pretrained
 
@@ -188,8 +189,14 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, out_ch, 3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:
-        h = self.conv_in(z)
-        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        return self.up_path(self.mid_path(z))
+
+    def mid_path(self, z: Tensor) -> Tensor:
+        """The latent-resolution part: ``conv_in`` and the mid block (global attention)."""
+        return self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))
+
+    def up_path(self, h: Tensor) -> Tensor:
+        """Everything after the mid block: the levels with upsampling, then GN-swish-conv_out."""
         for up in reversed(self.up):
             for i, block in enumerate(up.block):
                 h = block(h)
@@ -272,6 +279,25 @@ class VQModelTorch(Autoencoder):
         if not force_not_quantize:
             z, _ = self.quantize(z)
         return self.decoder(self.post_quant_conv(z))
+
+    def decode_tiled(
+        self, z: Tensor, *, tile: int = 64, overlap: int = 32, sync_passes: int = 2, force_not_quantize: bool = False,
+        progress: bool = False,
+    ) -> Tensor:
+        """:meth:`decode` with memory bounded by the tile (``tile``, ``overlap`` in latent pixels).
+
+        Quantisation, ``post_quant_conv`` and the mid block (global attention) run on the whole
+        latent, 1/16 of the pixels; the up path runs tile by tile with image-wide GroupNorm
+        statistics (:func:`srkit.tiling.synced_tiled_apply`), so the result is the untiled decode up
+        to the blending of the overlaps (the up path sees ~16 latent pixels around each output).
+        """
+        if not force_not_quantize:
+            z, _ = self.quantize(z)
+        hidden = self.decoder.mid_path(self.post_quant_conv(z))
+        return synced_tiled_apply(
+            self.decoder.up_path, hidden, [*self.decoder.up, self.decoder.norm_out], scale=self.downscale, tile=tile,
+            overlap=overlap, sync_passes=sync_passes, progress=progress,
+        )
 
     @classmethod
     def from_pretrained(
