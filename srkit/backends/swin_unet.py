@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, InvalidImageError, UnsupportedError
 
 __all__ = [
-    "SwinUNetNoisePredictor", "UNetModelSwin", "build_pretrained", "load_state_dict_strict", "relative_position_index",
+    "SwinUNetNoisePredictor", "UNetModelSwin", "build_pretrained", "relative_position_index",
     "shifted_window_mask", "timestep_embedding",
 ]
 
@@ -253,27 +253,6 @@ class TimestepSequential(nn.Sequential):
         return x
 
 
-def load_state_dict_strict(model: nn.Module, state: Mapping[str, Tensor], *, source: str) -> None:
-    """Copy ``state`` into ``model``, requiring exactly its keys (buffers included) and shapes."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        raise ConfigError(
-            f"{source} does not match {type(model).__name__}: {len(missing)} missing keys "
-            f"(first: {', '.join(missing[:3]) or '-'}), {len(unexpected)} unexpected keys "
-            f"(first: {', '.join(unexpected[:3]) or '-'}); check that the checkpoint belongs to this model "
-            "and that the config (channels, depths, in/out channels) matches the one it was trained with"
-        )
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items() if state[k].shape != v.shape]
-    if wrong:
-        raise ConfigError(
-            f"{source} has {len(wrong)} tensors of the wrong shape for {type(model).__name__} "
-            f"(first: {'; '.join(wrong[:3])}); the model config differs from the checkpoint's"
-        )
-    model.load_state_dict(dict(state), strict=True)
-
-
 def build_pretrained(
     cls: type[M], weights: str | os.PathLike[str] | Mapping[str, Tensor], *, dtype: torch.dtype | None = None, **config: Any
 ) -> M:
@@ -283,7 +262,7 @@ def build_pretrained(
     ``_orig_mod.`` prefixes are removed by :func:`srkit.weights.load_checkpoint`), a state dict, or
     ``"synthetic"`` (the ``srkit-synthetic-v1`` rule evaluated in ``dtype``, for tests and timing).
     """
-    from ..weights import load_checkpoint, synthetic_state_dict
+    from ..weights import load_checkpoint, load_state_dict_strict, synthetic_state_dict
 
     model = cls(**config).to(dtype or torch.float32)
     if isinstance(weights, Mapping):

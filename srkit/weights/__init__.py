@@ -32,7 +32,8 @@ from torch import Tensor, nn
 from ..errors import ConfigError, WeightsNotFoundError
 
 __all__ = [
-    "SYNTHETIC", "cache_file", "cached_safetensors", "hub_offline", "load_checkpoint", "load_state_dict", "load_weights",
+    "SYNTHETIC", "cache_file", "cached_safetensors", "hub_offline", "load_checkpoint", "load_state_dict",
+    "load_state_dict_strict", "load_weights",
     "resolve", "search_dirs", "srkit_home", "synthetic_state_dict", "synthetic_tensor", "unwrap_state_dict",
 ]
 
@@ -293,6 +294,12 @@ def load_weights(
         model.load_state_dict(synthetic_state_dict(model))
         return model
     state = load_state_dict(spec, filename=filename, hub_id=hub_id, subfolder=subfolder, what=what)
+    load_state_dict_strict(model, state, source=what)
+    return model
+
+
+def load_state_dict_strict(model: nn.Module, state: Mapping[str, Tensor], *, source: str) -> None:
+    """Copy ``state`` into ``model``, requiring exactly its keys (buffers included) and shapes."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -306,8 +313,8 @@ def load_weights(
         problems += [f"{len(unexpected)} unexpected keys: {head(unexpected)}"] * bool(unexpected)
         problems += [f"{len(wrong)} shape mismatches: {head(wrong)}"] * bool(wrong)
         raise ConfigError(
-            f"{what}: the checkpoint does not fit {type(model).__name__}: " + "; ".join(problems)
-            + ". Check that the file is the right one for this component (and its config)"
+            f"{source}: the checkpoint does not fit {type(model).__name__}: " + "; ".join(problems)
+            + ". Check that the file is the right one for this component and that the config (channels, depths, "
+            "in/out channels) matches the one it was trained with"
         )
-    model.load_state_dict(state)
-    return model
+    model.load_state_dict(dict(state))
