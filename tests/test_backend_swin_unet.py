@@ -25,10 +25,12 @@ TINY = dict(
     swin_embed_dim=32, num_head_channels=16, window_size=4, lq_size=16,
 )
 
+
 def layout(model: torch.nn.Module) -> list[tuple[str, list[int], str, str]]:
     params = dict(model.named_parameters())
     return [(k, list(v.shape), str(v.dtype).removeprefix("torch."), "param" if k in params else "buffer")
             for k, v in model.state_dict().items()]
+
 
 def manifest_buffers(manifest: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """The official buffers from the README sec. 1.2 formulas, for the buffer entries of ``manifest``."""
@@ -45,6 +47,7 @@ def manifest_buffers(manifest: dict, dtype: torch.dtype) -> dict[str, torch.Tens
             state[key] = shifted_window_mask(side, side, window, window // 2).to(dtype)
     return state
 
+
 def manifest_state(manifest: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """An official state dict from the manifest alone (README sec. 0.2): synthetic-v1 params, formula buffers."""
     buffers = manifest_buffers(manifest, dtype)
@@ -52,6 +55,7 @@ def manifest_state(manifest: dict, dtype: torch.dtype) -> dict[str, torch.Tensor
         e["key"]: buffers[e["key"]] if e["kind"] == "buffer" else synthetic_tensor(e["key"], tuple(e["shape"]), dtype)
         for e in manifest["entries"]
     }
+
 
 @pytest.mark.parametrize(
     ("cls", "yaml", "manifest"),
@@ -77,6 +81,7 @@ def test_state_dict_layout_equals_the_official_manifest(cls, yaml, manifest):
     for key, value in manifest_buffers(data, torch.float32).items():
         assert torch.equal(state[key], value), key
 
+
 def test_relative_position_index_follows_the_reference_formula():
     window = 8
     expected = torch.empty(64, 64, dtype=torch.int64)
@@ -85,6 +90,7 @@ def test_relative_position_index_follows_the_reference_formula():
             (hi, wi), (hj, wj) = divmod(i, window), divmod(j, window)
             expected[i, j] = (hi - hj + 7) * 15 + (wi - wj + 7)
     assert torch.equal(relative_position_index(window), expected)
+
 
 @pytest.mark.parametrize(("height", "width"), [(16, 16), (16, 32), (32, 16), (24, 40)])
 def test_shifted_window_mask_reproduces_the_official_quirk(height, width):
@@ -101,6 +107,7 @@ def test_shifted_window_mask_reproduces_the_official_quirk(height, width):
     assert torch.equal(mask, expected)
     last_row = len(windows) - width // window
     assert mask[:last_row].abs().sum() == 0 and mask[last_row:].abs().sum() > 0
+
 
 def test_tiny_denoiser_forward_batching_and_dtypes():
     torch.manual_seed(0)
@@ -119,6 +126,7 @@ def test_tiny_denoiser_forward_batching_and_dtypes():
     with torch.no_grad():
         assert model.float()(x.float(), 1, lq=lq.float()).dtype == torch.float32
 
+
 def test_input_errors_name_the_fix():
     model = UNetModelSwin(**TINY)
     with pytest.raises(InvalidImageError, match="multiples of 8"):
@@ -130,9 +138,11 @@ def test_input_errors_name_the_fix():
     with pytest.raises(ConfigError, match="one entry per channel_mult level"):
         UNetModelSwin(**{**TINY, "num_res_blocks": [1, 1, 1]})
 
+
 def test_patch_norm_adds_the_official_norm_keys():
     keys = UNetModelSwin(**TINY, patch_norm=True).state_dict()
     assert "input_blocks.1.1.patch_embed.norm.weight" in keys and "input_blocks.1.1.patch_unembed.norm.bias" in keys
+
 
 def test_tiny_noise_predictor_distribution():
     torch.manual_seed(0)
@@ -152,6 +162,7 @@ def test_tiny_noise_predictor_distribution():
     with pytest.raises(UnsupportedError, match="double_z"):
         plain.mean_logvar(raw)
 
+
 @pytest.mark.parametrize("cls", [UNetModelSwin, SwinUNetNoisePredictor])
 @pytest.mark.parametrize("wrap", ["module", "state_dict"])
 def test_official_format_checkpoints_load(tmp_path, cls, wrap):
@@ -167,6 +178,7 @@ def test_official_format_checkpoints_load(tmp_path, cls, wrap):
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, state[key]), key
 
+
 def test_mismatched_checkpoints_name_the_keys(tmp_path):
     state = UNetModelSwin.from_pretrained("synthetic", **TINY).state_dict()
     broken = {("renamed.weight" if k == "out.2.weight" else k): v for k, v in state.items()}
@@ -175,12 +187,15 @@ def test_mismatched_checkpoints_name_the_keys(tmp_path):
     with pytest.raises(ConfigError, match=r"shape mismatches: input_blocks\.0\.0\.weight \(32, 6, 3, 3\) != \(32, 9, 3, 3\)"):
         SwinUNetNoisePredictor.from_pretrained(state, **TINY)
 
+
 # --------------------------------------------------------------------------------------------
 # Goldens of the official code in float64 (full 118M-parameter networks; ~1 min each on 2 cores)
+
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| over the whole tensor."""
     return float((a - b).norm() / b.norm())
+
 
 @pytest.mark.slow
 def test_resshift_unet_equals_the_official_golden():
@@ -193,6 +208,7 @@ def test_resshift_unet_equals_the_official_golden():
     for i, name in enumerate(["out_t3", "out_t1"]):
         assert relative_error(out[i : i + 1], golden[name]) <= 1e-6
         torch.testing.assert_close(out[i : i + 1], golden[name], rtol=0, atol=1e-10)
+
 
 @pytest.mark.slow
 def test_lpnsr_noise_predictor_equals_the_official_golden():

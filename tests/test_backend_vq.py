@@ -17,11 +17,13 @@ from srkit.weights import synthetic_tensor
 
 YAML = config_dir() / "backend" / "vq_f4.yaml"
 
+
 def small_config(**ddconfig) -> dict:
     """VQ-f4 with 32 base channels and one block per level: same structure, ~40x fewer FLOPs."""
     base = dict(double_z=False, z_channels=3, resolution=256, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 2, 4],
                 num_res_blocks=1, attn_resolutions=[], dropout=0.0)
     return dict(ddconfig={**base, **ddconfig}, n_embed=512, embed_dim=3)
+
 
 @pytest.mark.parametrize("manifest", ["resshift_vq.manifest.json", "lpnsr_autoencoder.manifest.json"])
 def test_state_dict_layout_equals_the_official_manifest(manifest):
@@ -38,6 +40,7 @@ def test_state_dict_layout_equals_the_official_manifest(manifest):
     assert rows == [(e["key"], e["shape"], e["dtype_as_constructed"], e["kind"]) for e in data["entries"]]
     assert sum(p.numel() for p in params.values()) == data["total_parameters"]
 
+
 def test_encode_and_quantised_decode_equal_the_official_golden():
     """Relative error ||a - b|| / ||b|| <= 1e-6 (observed ~1e-15) with weights built from the manifest alone."""
     data = json.loads(reference("resshift_vq.manifest.json").read_text())
@@ -53,6 +56,7 @@ def test_encode_and_quantised_decode_equal_the_official_golden():
     for ours, name in [(encoded, "encode_out"), (zq, "decode_zq"), (decoded, "decode_out"), (unquantised, "decode_out_no_quant")]:
         assert float((ours - golden[name]).norm() / golden[name].norm()) <= 1e-6, name
         torch.testing.assert_close(ours, golden[name], rtol=0, atol=1e-10)
+
 
 def test_quantiser_and_attention_chunks_do_not_change_results(monkeypatch):
     torch.manual_seed(0)
@@ -71,6 +75,7 @@ def test_quantiser_and_attention_chunks_do_not_change_results(monkeypatch):
     codes = model.quantize.embedding.weight[indices].detach()
     torch.testing.assert_close(zq.permute(0, 2, 3, 1).reshape(-1, 3), codes, rtol=0, atol=1e-15)  # z + (e - z): 1 ulp
 
+
 def test_shapes_and_errors():
     model = VQModelTorch(**small_config()).eval()
     with torch.no_grad():
@@ -87,6 +92,7 @@ def test_shapes_and_errors():
     with pytest.raises(ConfigError, match="padding_mode"):
         VQModelTorch(**small_config(padding_mode="reflect"))
 
+
 @pytest.mark.parametrize("wrap", ["module", "state_dict"])
 def test_official_format_checkpoints_load(tmp_path, wrap):
     state = VQModelTorch.from_pretrained("synthetic", **small_config()).state_dict()
@@ -98,8 +104,10 @@ def test_official_format_checkpoints_load(tmp_path, wrap):
     with pytest.raises(ConfigError, match=r"1 missing keys: quantize\.embedding\.weight"):
         VQModelTorch.from_pretrained(state, **small_config())
 
+
 # --------------------------------------------------------------------------------------------
 # Tiled decoding
+
 
 def seam_ratio(tiled: torch.Tensor, untiled: torch.Tensor) -> float:
     """Largest column-to-column jump of the tiled-minus-untiled difference over its median jump.
@@ -111,16 +119,19 @@ def seam_ratio(tiled: torch.Tensor, untiled: torch.Tensor) -> float:
     rows = (diff[..., 1:, :] - diff[..., :-1, :]).abs().mean(dim=(0, 1, 3))
     return max(float(jumps.max() / jumps.median()), float(rows.max() / rows.median()))
 
+
 def tiled_vs_untiled(config: dict, size: int, tile: int, overlaps: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
     model = VQModelTorch.from_pretrained("synthetic", **config)
     z = 0.5 * torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         return model.decode(z), [model.decode_tiled(z, tile=tile, overlap=overlap) for overlap in overlaps]
 
+
 @pytest.fixture(scope="module")
 def small_tiled():
     """Untiled decode of a 32x32 latent, and tiled (tile 24) with blending (overlap 12) and without (0)."""
     return tiled_vs_untiled(small_config(), 32, 24, (12, 0))
+
 
 def test_tiled_decode_is_seam_free(small_tiled):
     untiled, (blended, hard) = small_tiled
@@ -133,6 +144,7 @@ def test_tiled_decode_is_seam_free(small_tiled):
     with torch.no_grad():
         torch.testing.assert_close(model.decode_tiled(z, tile=16, overlap=8), model.decode(z), rtol=0, atol=0)
 
+
 @pytest.mark.xfail(strict=True, reason=(
     "Open (issue 3): the up path's GroupNorm statistics are image-wide only after as many statistics passes as "
     "there are GroupNorm layers in sequence; with the default 2 passes the tiled decode differs from the untiled "
@@ -142,6 +154,7 @@ def test_tiled_decode_is_seam_free(small_tiled):
 def test_tiled_decode_matches_untiled_within_1e_2(small_tiled):
     untiled, (blended, _) = small_tiled
     assert float((blended - untiled)[..., 16:-16, 16:-16].abs().max()) < 1e-2
+
 
 @pytest.mark.slow
 def test_full_size_tiled_decode_is_seam_free():

@@ -12,18 +12,22 @@ from srkit.weights import load_weights, synthetic_tensor
 
 SMALL = dict(block_out_channels=[32, 64], layers_per_block=[1, 1], norm_num_groups=8, temb_channels=32, attention_head_dim=16)
 
+
 @pytest.fixture(scope="module")
 def manifest():
     return json.loads(reference("invsr_noise_predictor.manifest.json").read_text())
+
 
 def yaml_config(**overrides):
     config = OmegaConf.to_container(OmegaConf.load(config_dir() / "backend" / "invsr_noise_predictor.yaml"))
     return {**config, **overrides}
 
+
 @pytest.fixture(scope="module")
 def full_size():
     config = {k: v for k, v in yaml_config().items() if k not in ("_target_", "weights")}
     return config, InvSRNoisePredictor(**config, weights="synthetic")
+
 
 def test_state_dict_equals_the_manifest(manifest, full_size):
     config, model = full_size
@@ -35,6 +39,7 @@ def test_state_dict_equals_the_manifest(manifest, full_size):
     assert {e["dtype"] for e in manifest["entries"]} == {"float64"}  # what .double() gives every entry
     assert sum(p.numel() for p in params.values()) == manifest["total_parameters"] == 33_837_576
 
+
 def test_official_format_checkpoint_from_the_manifest_alone_loads(tmp_path, manifest, full_size):
     """Reference README 0.2: a synthetic official state dict built from the manifest, saved as the trainer does."""
     _, model = full_size
@@ -44,11 +49,13 @@ def test_official_format_checkpoint_from_the_manifest_alone_loads(tmp_path, mani
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[f"module.{key}"]), key
 
+
 def test_yaml_builds_through_the_config_path():
     model = instantiate(yaml_config(**SMALL, weights="synthetic"), where="backend invsr_noise_predictor")
     expected = InvSRNoisePredictor(**SMALL, weights="synthetic")
     for (key, value), (_, reference_value) in zip(model.state_dict().items(), expected.state_dict().items()):
         assert torch.equal(value, reference_value), key
+
 
 def test_call_semantics_on_a_small_config():
     model = load_weights(InvSRNoisePredictor(**SMALL, weights="synthetic").double(), "synthetic").eval()
@@ -67,16 +74,19 @@ def test_call_semantics_on_a_small_config():
         assert not torch.allclose(model.parameters_of(image, 249.0), raw)  # the timestep matters
         assert torch.equal(model.parameters_of(image * 2 - 1, t, center_input_sample=False), raw)
 
+
 def test_invalid_configs_are_clear():
     with pytest.raises(ConfigError, match="double_z"):
         InvSRNoisePredictor(**SMALL, double_z=False, weights="synthetic")
     with pytest.raises(ConfigError, match="same length"):
         InvSRNoisePredictor(**{**SMALL, "block_out_channels": [32]}, weights="synthetic")
 
+
 def test_missing_default_weights_name_the_official_file(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match=r"(?s)noise_predictor_sd_turbo_v5\.pth.*OAOA/InvSR"):
         InvSRNoisePredictor(**SMALL)
+
 
 @pytest.mark.slow
 def test_golden_forward_float64():
