@@ -281,15 +281,17 @@ class VQModelTorch(Autoencoder):
         return self.decoder(self.post_quant_conv(z))
 
     def decode_tiled(
-        self, z: Tensor, *, tile: int = 64, overlap: int = 32, sync_passes: int = 2, force_not_quantize: bool = False,
+        self, z: Tensor, *, tile: int = 64, overlap: int = 32, sync_passes: int | None = 2, force_not_quantize: bool = False,
         progress: bool = False,
     ) -> Tensor:
         """:meth:`decode` with memory bounded by the tile (``tile``, ``overlap`` in latent pixels).
 
         Quantisation, ``post_quant_conv`` and the mid block (global attention) run on the whole
         latent, 1/16 of the pixels; the up path runs tile by tile with image-wide GroupNorm
-        statistics (:func:`srkit.tiling.synced_tiled_apply`), so the result is the untiled decode up
-        to the blending of the overlaps (the up path sees ~16 latent pixels around each output).
+        statistics (:func:`srkit.tiling.synced_tiled_apply`). ``sync_passes=None`` makes the statistics
+        exact (one pass per GroupNorm layer, 13 for VQ-f4): the result is then the untiled decode where
+        the up path's receptive field (~8-12 latent pixels) fits in ``overlap / 4``; the default two
+        passes are ~7x cheaper and approximate (0.05-0.1 max abs with synthetic weights).
         """
         if not force_not_quantize:
             z, _ = self.quantize(z)
