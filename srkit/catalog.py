@@ -33,9 +33,33 @@ REALESRGAN = MethodDescriptor(
     summary="GAN-trained RRDBNet regressor (x4plus; anime and animevideo-v3 x2/x3/x4 variants).",
 )
 
+_RESSHIFT_RELEASE = "https://github.com/zsyOAOA/ResShift/releases/download/v2.0/"
+_S_LAB = "S-Lab License 1.0 (non-commercial), as the authors' InvSR"
+RESSHIFT = MethodDescriptor(
+    name="resshift",
+    title="ResShift",
+    paper="Yue et al., 'ResShift: Efficient Diffusion Model for Image Super-resolution by Residual Shifting', "
+    "NeurIPS 2023 / TPAMI 2024",
+    scale=4,
+    steps=(4, 15),
+    default_steps=4,
+    dtypes=("float32", "float64"),
+    tiling="supported",
+    size_multiple=64,
+    weights=(
+        WeightFile("denoiser", "resshift_realsrx4_s4_v3.pth", source=_RESSHIFT_RELEASE + "resshift_realsrx4_s4_v3.pth",
+                   licence=_S_LAB),
+        WeightFile("autoencoder", "autoencoder_vq_f4.pth", source=_RESSHIFT_RELEASE + "autoencoder_vq_f4.pth", licence=_S_LAB),
+    ),
+    licence=_S_LAB,
+    summary="Residual-shifting diffusion in the VQ-f4 latent, Swin-UNet x0-denoiser; 4 steps (v3) or 15 (v1/v2).",
+)
+
 for _kind, _name, _target, _descriptor in [
     ("method", "bicubic", "srkit.methods.bicubic:Bicubic", BICUBIC),
     ("method", "realesrgan", "srkit.methods.realesrgan:RealESRGAN", REALESRGAN),
+    ("method", "resshift", "srkit.methods.resshift:ResShift", RESSHIFT),
+    ("sampler", "residual_shift", "srkit.samplers.residual_shift:ResidualShiftSampler", None),
     ("backend", "resshift_unet_v3", "srkit.backends.swin_unet:UNetModelSwin", None),
     ("backend", "lpnsr_noise_predictor", "srkit.backends.swin_unet:SwinUNetNoisePredictor", None),
     ("backend", "vq_f4", "srkit.backends.vq:VQModelTorch", None),

@@ -1,0 +1,1 @@
+"""Reverse diffusion chains (:class:`srkit.types.Sampler` subclasses) shared by several methods."""
