@@ -14,7 +14,8 @@ every tile draws its own noise (from the one seeded generator, in tile order).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ from ..registry import REGISTRIES
 from ..samplers.residual_shift import ResidualShiftSampler
 from ..types import SRMethod
 
-__all__ = ["CHECKPOINTS", "RESSHIFT", "ResShift"]
+__all__ = ["CHECKPOINTS", "RESSHIFT", "Condition", "ResShift"]
 
 # Denoiser file and schedule of each released x4 real-SR checkpoint, by schedule length T.
 CHECKPOINTS: dict[int, tuple[str, dict[str, float]]] = {
@@ -37,6 +38,17 @@ CHECKPOINTS: dict[int, tuple[str, dict[str, float]]] = {
     15: ("resshift_realsrx4_s15_v2.pth", {"min_noise_level": 0.04}),  # v2 (v1: pass its file as weights)
 }
 AUTOENCODER = "autoencoder_vq_f4.pth"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What the residual-shifting chain is conditioned on for one LR batch."""
+
+    y0: Tensor  # LR in [-1, 1], padded to the denoiser's multiple (the Swin-UNet's ``lq``)
+    z_y: Tensor  # latent of the bicubic x4 upsampling of y0: the chain's y (prior mean)
+    height: int  # LR size before padding
+    width: int
+
 
 class ResShift(SRMethod):
     """ResShift x4 real-world SR with the official Swin-UNet denoiser and VQ-f4 autoencoder.
@@ -94,18 +106,35 @@ class ResShift(SRMethod):
     def _sr(self, lr: Tensor, *, steps: int | None, generator: torch.Generator | None, **knobs: Any) -> Tensor:
         if knobs:
             raise UnsupportedError(f"resshift has no options {sorted(knobs)}; it takes steps= and seed=")
+        condition = self.condition(lr)
+        z_0 = self.sampler.sample(self.denoiser(condition), condition.z_y, steps=steps, generator=generator)
+        return self.decode(z_0, condition)
+
+    def condition(self, lr: Tensor) -> Condition:
+        """The chain's condition: y_0 in [-1, 1] padded to the denoiser's multiple, and its latent z_y
+        (encoder of the bicubic x4 upsampling, not quantised), as the official sampler computes them."""
         height, width = lr.shape[-2:]
         multiple = math.lcm(self.descriptor.size_multiple, self.unet.size_multiple)  # official: lq_size = 64
         y0 = _pad_to_multiple((lr - 0.5) / 0.5, multiple)
-        z_y = self.autoencoder.encode(F.interpolate(y0, scale_factor=self.scale, mode="bicubic"))
-        t_batch = torch.empty(y0.shape[0], dtype=torch.long, device=y0.device)
+        return Condition(y0, self.encode_upsampled(y0), height, width)
+
+    def encode_upsampled(self, image: Tensor) -> Tensor:
+        """z of the bicubic x4 upsampling of ``image`` in [-1, 1] (``F.interpolate``, as officially)."""
+        return self.autoencoder.encode(F.interpolate(image, scale_factor=self.scale, mode="bicubic"))
+
+    def denoiser(self, condition: Condition) -> Callable[[Tensor, int], Tensor]:
+        """``(x_t, t) -> x0`` prediction of the Swin-UNet conditioned on y_0 (input scaled by the sampler)."""
+        t_batch = torch.empty(condition.y0.shape[0], dtype=torch.long, device=condition.y0.device)
 
         def denoise(x_t: Tensor, t: int) -> Tensor:
-            return self.unet(self.sampler.scale_input(x_t, t), t_batch.fill_(t), lq=y0)
+            return self.unet(self.sampler.scale_input(x_t, t), t_batch.fill_(t), lq=condition.y0)
 
-        z_0 = self.sampler.sample(denoise, z_y, steps=steps, generator=generator)
+        return denoise
+
+    def decode(self, z_0: Tensor, condition: Condition) -> Tensor:
+        """Decode (quantised), clamp to [-1, 1], map to [0, 1] and crop the padding."""
         image = self.autoencoder.decode(z_0).clamp(-1, 1) * 0.5 + 0.5
-        return image[..., : self.scale * height, : self.scale * width]
+        return image[..., : self.scale * condition.height, : self.scale * condition.width]
 
 
 def _backend_config(name: str) -> dict[str, Any]:
