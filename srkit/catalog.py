@@ -55,11 +55,116 @@ RESSHIFT = MethodDescriptor(
     summary="Residual-shifting diffusion in the VQ-f4 latent, Swin-UNet x0-denoiser; 4 steps (v3) or 15 (v1/v2).",
 )
 
+PG_RESSHIFT = MethodDescriptor(
+    name="pg-resshift",
+    title="Posterior-guided ResShift (plug-in image-quality control)",
+    paper="Plug-in image quality control for diffusion SR by posterior guidance (shared/papers/pg-resshift.md)",
+    scale=4,
+    steps=(4, 15),
+    default_steps=4,
+    dtypes=("float32", "float64"),
+    tiling="supported",
+    size_multiple=64,
+    weights=RESSHIFT.weights,
+    licence=_S_LAB,
+    summary="ResShift with a mean correction mu + alpha Sigma grad KL from a guide image: HR (fidelity) or LR (perception); "
+    "alpha calibrated on LR-HR pairs.",
+)
+
+LPNSR = MethodDescriptor(
+    name="lpnsr",
+    title="LPNSR",
+    paper="LPNSR: learned prior noise for residual-shifting diffusion SR (shared/papers/lpnsr.md)",
+    scale=4,
+    steps=(1, 2, 3, 4),
+    default_steps=4,
+    dtypes=("float32", "float64"),
+    tiling="supported",
+    size_multiple=64,
+    weights=(
+        *RESSHIFT.weights,
+        WeightFile("noise_predictor", "noise_predictor_v2.pth", source="https://huggingface.co/mirpri/LPNSR"),
+    ),
+    licence=_S_LAB,
+    trainable=True,
+    summary="Frozen ResShift denoiser with a learned intermediate-noise predictor g_w(x_t, x0, y, t); 1-4 steps; "
+    "PreSet-A (bicubic y) or PreSet-B (regression pre-upsampler).",
+)
+
+_SD_TURBO = WeightFile("sd_turbo", "stabilityai/sd-turbo", source="https://huggingface.co/stabilityai/sd-turbo",
+                       licence="Stability AI Non-Commercial Research Community License")
+INVSR = MethodDescriptor(
+    name="invsr",
+    title="InvSR",
+    paper="Yue et al., 'Arbitrary-steps Image Super-resolution via Diffusion Inversion', CVPR 2025",
+    scale=4,
+    steps=(1, 2, 3, 4, 5),
+    default_steps=1,
+    dtypes=("float32", "float16", "bfloat16"),
+    tiling="supported",
+    size_multiple=16,
+    weights=(
+        _SD_TURBO,
+        WeightFile("noise_predictor", "noise_predictor_sd_turbo_v5.pth",
+                   source="https://huggingface.co/OAOA/InvSR/resolve/main/noise_predictor_sd_turbo_v5.pth", licence=_S_LAB),
+    ),
+    licence=_S_LAB,
+    trainable=True,
+    summary="Frozen SD-Turbo; a noise predictor f_w(LR, t) gives the start state of a partial reverse chain, 1-5 steps.",
+)
+
+DMSR = MethodDescriptor(
+    name="dmsr",
+    title="DM-SR",
+    paper="Bridging the Distribution Gap to Harness Pretrained Diffusion Priors for Super-Resolution, ICLR 2026",
+    scale=4,
+    steps=(1, 2, 3, 4, 5),
+    default_steps=1,
+    dtypes=("float32", "float16", "bfloat16"),
+    tiling="supported",
+    size_multiple=8,
+    weights=(_SD_TURBO,),
+    licence="Stability AI Non-Commercial Research Community License (SD-Turbo); no official DM-SR weights exist",
+    trainable=True,
+    summary="Timestep estimator t(LR) + timestep-aware VAE encoder map the LR to a noisy SD-Turbo latent; "
+    "one denoising step (DDIM reuse for more).",
+)
+
+CCSR = MethodDescriptor(
+    name="ccsr",
+    title="CCSR v2",
+    paper="Sun et al., 'Improving the Stability and Efficiency of Diffusion Models for Content Consistent "
+    "Super-Resolution', arXiv 2401.00877",
+    scale=4,
+    steps=(1, 2, 3, 4, 5, 6),
+    default_steps=2,
+    dtypes=("float32", "float16", "bfloat16"),
+    tiling="supported",
+    size_multiple=8,
+    weights=(
+        WeightFile("sd21_base", "stabilityai/stable-diffusion-2-1-base",
+                   source="https://huggingface.co/stabilityai/stable-diffusion-2-1-base", licence="CreativeML Open RAIL++-M"),
+        WeightFile("controlnet", "controlnet", source="CCSR v2 release (Google Drive / Baidu, see the CCSR README)"),
+        WeightFile("vae", "vae", source="CCSR v2 release: the stage-2 fine-tuned VAE decoder"),
+    ),
+    licence="CreativeML Open RAIL++-M (SD 2.1); CCSR weights as released by the authors",
+    trainable=True,
+    summary="SD 2.1-base + LR-conditioned ControlNet, non-uniform timesteps (T, t_max, t_min): one jump then a few "
+    "steps; GAN-fine-tuned decoder.",
+)
+
 for _kind, _name, _target, _descriptor in [
     ("method", "bicubic", "srkit.methods.bicubic:Bicubic", BICUBIC),
     ("method", "realesrgan", "srkit.methods.realesrgan:RealESRGAN", REALESRGAN),
     ("method", "resshift", "srkit.methods.resshift:ResShift", RESSHIFT),
+    ("method", "pg-resshift", "srkit.methods.pg_resshift:PosteriorGuidedResShift", PG_RESSHIFT),
+    ("method", "lpnsr", "srkit.methods.lpnsr:LPNSR", LPNSR),
+    ("method", "invsr", "srkit.methods.invsr:InvSR", INVSR),
+    ("method", "dmsr", "srkit.methods.dmsr:DMSR", DMSR),
+    ("method", "ccsr", "srkit.methods.ccsr:CCSR", CCSR),
     ("sampler", "residual_shift", "srkit.samplers.residual_shift:ResidualShiftSampler", None),
+    ("sampler", "ddpm", "srkit.samplers.ddpm:DDPMSampler", None),
+    ("sampler", "nonuniform", "srkit.samplers.nonuniform:NonUniformSampler", None),
     ("backend", "resshift_unet_v3", "srkit.backends.swin_unet:UNetModelSwin", None),
     ("backend", "lpnsr_noise_predictor", "srkit.backends.swin_unet:SwinUNetNoisePredictor", None),
     ("backend", "vq_f4", "srkit.backends.vq:VQModelTorch", None),

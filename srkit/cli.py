@@ -40,7 +40,8 @@ def run_sr(cfg: Any) -> dict[str, list[Path]]:
     output = Path(cfg.output)
     method_config = OmegaConf.to_container(cfg.method, resolve=True)
     assert isinstance(method_config, dict)
-    model = build_method(method_config, weights=cfg.weights, device=cfg.device, dtype=cfg.dtype)
+    model = build_method(method_config, weights=cfg.weights, device=cfg.device, dtype=cfg.dtype,
+                         sampler=OmegaConf.to_container(cfg.sampler, resolve=True) if "sampler" in cfg else None)
 
     report: dict[str, list[Path]] = {"written": [], "skipped": [], "failed": []}
     for path in inputs:

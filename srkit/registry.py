@@ -53,7 +53,7 @@ class Entry:
 
             config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
             assert isinstance(config, dict)
-            return config
+            return _with_defaults(config, where=str(path))
         factory = self.factory()
         defaults = {
             p.name: p.default
@@ -61,6 +61,37 @@ class Entry:
             if p.default is not p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "weights"
         }
         return {"_target_": target_path(factory), **defaults}
+
+
+def _with_defaults(config: dict[str, Any], *, where: str) -> dict[str, Any]:
+    """Resolve a Hydra ``defaults`` list without Hydra, for the one form srkit's YAMLs use.
+
+    ``- /sampler@_global_.sampler: ddpm`` (in a method YAML) puts ``conf/sampler/ddpm.yaml`` at the
+    top-level key ``sampler`` of the composed CLI config (so ``sampler.start_t=200`` overrides it);
+    here, for ``srkit.load``, it becomes the method's ``sampler`` constructor argument.
+    """
+    defaults = config.pop("defaults", None) or []
+    for entry in defaults:
+        if entry == "_self_":
+            continue
+        key, option = next(iter(entry.items())) if isinstance(entry, Mapping) and len(entry) == 1 else ("", "")
+        group, _, package = str(key).lstrip("/").partition("@_global_.")
+        if not package or group not in REGISTRIES:
+            raise ConfigError(f"{where}: unsupported defaults entry {entry!r}; use '- /<kind>@_global_.<key>: <name>'")
+        config[package] = REGISTRIES[group].get(str(option)).default_config()
+    return config
+
+
+def merge_config(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``overrides``, recursively for nested configs of the same ``_target_``."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        current = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(current, Mapping) and value.get("_target_", current.get("_target_")) \
+                == current.get("_target_"):  # the same kind of object: update its settings
+            value = merge_config(current, value)
+        merged[key] = value
+    return merged
 
 
 def import_target(path: str) -> Callable[..., Any]:
@@ -213,8 +244,7 @@ def load(
     for tests and timing). ``overrides`` are constructor arguments, the keys of ``conf/method/<name>.yaml``.
     """
     entry = METHODS.get(name)
-    config = entry.default_config()
-    config.update(overrides)
+    config = merge_config(entry.default_config(), overrides)
     return build_method(config, weights=weights, device=device, dtype=dtype, name=name)
 
 
@@ -225,12 +255,21 @@ def build_method(
     device: str | Any | None = None,
     dtype: str | Any | None = None,
     name: str = "method",
+    sampler: Mapping[str, Any] | None = None,
 ) -> Any:
-    """Instantiate a method config (Python or Hydra-composed), load weights, move and set eval."""
+    """Instantiate a method config (Python or Hydra-composed), load weights, move and set eval.
+
+    ``sampler``: the composed CLI config's top-level ``sampler`` (see :func:`_with_defaults`), given
+    to methods whose constructor takes a ``sampler``.
+    """
     import torch
 
     factory = import_target(str(config.get("_target_", "")))
     extra: dict[str, Any] = {}
+    if sampler:
+        if "sampler" not in inspect.signature(factory).parameters:
+            raise ConfigError(f"{name} has no sampler settings; drop the sampler.* overrides")
+        config = merge_config(config, {"sampler": sampler})
     if "weights" in inspect.signature(factory).parameters:
         extra["weights"] = None if weights is None else str(weights)
     elif weights not in (None, "synthetic"):

@@ -250,6 +250,7 @@ class Sampler(ABC):
     def __init__(self, noise: NoiseProvider | None = None, mean_correction: MeanCorrection | None = None):
         self.noise: NoiseProvider = noise if noise is not None else GaussianNoise()
         self.mean_correction = mean_correction
+        self.last_timesteps: list[int] = []  # what the latest sample() visited, for inspection
 
     @abstractmethod
     def timesteps(self, steps: int | None = None, **knobs: Any) -> list[int]:
@@ -283,7 +284,7 @@ class Sampler(ABC):
         **knobs: Any,
     ) -> Tensor:
         """Run the whole chain; ``x_start`` replaces the prior (partial start from a given state)."""
-        ts = self.timesteps(steps, **knobs)
+        ts = self.last_timesteps = self.timesteps(steps, **knobs)
         if x_start is None:
             x_start = self.prior(y, torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype))
         x = x_start

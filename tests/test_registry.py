@@ -7,7 +7,7 @@ import torch
 
 import srkit
 from srkit.errors import ConfigError, UnknownNameError, UnsupportedError
-from srkit.registry import Registry, build, instantiate
+from srkit.registry import Registry, _with_defaults, build, build_method, instantiate, merge_config
 
 
 def test_import_is_light():
@@ -107,3 +107,21 @@ def test_third_party_method_through_entry_points(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_sampler_defaults_entry_and_deep_merge():
+    config = _with_defaults({"_target_": "m.M", "defaults": [{"/sampler@_global_.sampler": "ddpm"}, "_self_"]}, where="m.yaml")
+    assert "defaults" not in config
+    assert config["sampler"]["_target_"] == "srkit.samplers.ddpm.DDPMSampler"
+    merged = merge_config(config, {"sampler": {"start_t": 200}, "steps": 3})
+    assert merged["sampler"]["start_t"] == 200 and merged["sampler"]["eta"] == config["sampler"]["eta"]
+    assert merged["steps"] == 3 and config["sampler"]["start_t"] is None  # the base is not modified
+    other = {"_target_": "srkit.samplers.residual_shift.ResidualShiftSampler"}
+    assert merge_config(config, {"sampler": other})["sampler"] == other  # another kind replaces the config
+    with pytest.raises(ConfigError, match="unsupported defaults entry"):
+        _with_defaults({"defaults": [{"method": "bicubic"}]}, where="m.yaml")
+
+
+def test_sampler_overrides_need_a_method_with_a_sampler():
+    with pytest.raises(ConfigError, match="no sampler settings"):
+        build_method({"_target_": "srkit.methods.bicubic:Bicubic"}, sampler={"start_t": 200}, name="bicubic")

@@ -413,7 +413,7 @@ def run_training(cfg: Any) -> list[dict[str, float]]:
     for key in ("method", "data", "train"):
         if not isinstance(config.get(key), Mapping):
             raise ConfigError(f"srkit train needs a {key!r} config group (e.g. {key}=<name> or +{key}._target_=<class>)")
-    method = build_method(config["method"], weights=config.get("weights"), device="cpu")
+    method = build_method(config["method"], weights=config.get("weights"), device="cpu", sampler=config.get("sampler"))
     dataset = instantiate(config["data"], where="data")
     trainer = instantiate(config["train"], where="train", method=method, dataset=dataset)
     return trainer.fit(resume=bool(config.get("resume", True)))
