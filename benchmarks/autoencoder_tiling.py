@@ -127,7 +127,7 @@ def _in_subprocess(*args: Any) -> dict[str, float]:
 
 def seam_metrics(tiled: torch.Tensor, full: torch.Tensor, latent: int, tile: int, overlap: int, downscale: int) -> tuple[float, float]:
     """Max jump error on the seam lines and on every other line (see the module docstring)."""
-    from srkit.backends.sd import tile_cores
+    from srkit.tiling import tile_cores
 
     # step j goes from pixel j to j + 1, so the seam at pixel s is step s - 1
     seams = sorted({round(core[2] * downscale) - 1 for core in tile_cores(latent, tile, overlap)[1:]})

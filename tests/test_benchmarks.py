@@ -180,3 +180,21 @@ def test_dataset_root_folders_and_lr_only_sets(tables_dir, tmp_path):
     missing = run_benchmark(out=tmp_path / "out2", dataset_root=str(tmp_path / "nowhere"), methods=["bicubic"],
                             tables_dir=str(tables_dir), log=lambda *a: None)
     assert "does not exist" in missing["tables"][0]["rows"][0]["cells"][0]["reason"]
+
+
+def test_autoencoder_tiling_seam_metric_flags_a_seam():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("autoencoder_tiling", ROOT / "benchmarks" / "autoencoder_tiling.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from srkit.tiling import tile_cores
+
+    latent, tile, overlap, downscale = 32, 16, 8, 4
+    full = torch.rand(1, 3, latent * downscale, latent * downscale, generator=torch.Generator().manual_seed(0))
+    seam = round(tile_cores(latent, tile, overlap)[1][2] * downscale)
+    tiled = full.clone()
+    tiled[..., seam:] += 0.05  # a jump where two tiles meet
+    on_seams, elsewhere = module.seam_metrics(tiled, full, latent, tile, overlap, downscale)
+    assert on_seams == pytest.approx(0.05, abs=1e-6) and elsewhere < 1e-6
+    assert module.seam_metrics(full, full, latent, tile, overlap, downscale) == (0.0, 0.0)
