@@ -118,7 +118,7 @@ DMSR = MethodDescriptor(
     title="DM-SR",
     paper="Bridging the Distribution Gap to Harness Pretrained Diffusion Priors for Super-Resolution, ICLR 2026",
     scale=4,
-    steps=(1, 2, 3, 4, 5),
+    steps=(1, 2, 3, 4, 5, 10, 20),  # Table 4 runs 10 and 20
     default_steps=1,
     dtypes=("float32", "float16", "bfloat16"),
     tiling="supported",
@@ -144,8 +144,10 @@ CCSR = MethodDescriptor(
     weights=(
         WeightFile("sd21_base", "stabilityai/stable-diffusion-2-1-base",
                    source="https://huggingface.co/stabilityai/stable-diffusion-2-1-base", licence="CreativeML Open RAIL++-M"),
-        WeightFile("controlnet", "controlnet", source="CCSR v2 release (Google Drive / Baidu, see the CCSR README)"),
-        WeightFile("vae", "vae", source="CCSR v2 release: the stage-2 fine-tuned VAE decoder"),
+        WeightFile("controlnet", "ccsr_v2/controlnet/diffusion_pytorch_model.safetensors",
+                   source="CCSR v2 release (Google Drive / Baidu, see the CCSR README)"),
+        WeightFile("vae", "ccsr_v2/vae/diffusion_pytorch_model.safetensors",
+                   source="CCSR v2 release: the stage-2 fine-tuned VAE decoder"),
     ),
     licence="CreativeML Open RAIL++-M (SD 2.1); CCSR weights as released by the authors",
     trainable=True,

