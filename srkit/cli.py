@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "measure the papers' tables with what is available: srkit bench [+bench=mini] [methods=[...]]"),
     "convert": ("convert", "official checkpoint -> srkit safetensors: srkit convert source=FILE [output=FILE] [component=NAME]"),
     "demo": ("demo", "super-resolve the bundled photograph with real pretrained weights and write a comparison"),
+    "calibrate": ("calibrate", "fit pg-resshift's guidance scales on LR-HR pairs: srkit calibrate [data._target_=...] "
+                  "[mode=reference|non-reference] [per_step=false] [output=FILE]"),
     "stability": ("stability", "G-STD/L-STD of a method's variants over N seeds (CCSR Tables I-III): "
                   "srkit stability [load.weights=...] [runs=N] [dataset=DIR]"),
     "list": ("", "list the available methods and what they support"),
@@ -100,6 +102,12 @@ def _bench_task(cfg: Any) -> None:
     run_bench(cfg)
 
 
+def _calibrate_task(cfg: Any) -> None:
+    from .methods.pg_resshift import run_calibration
+
+    run_calibration(cfg)
+
+
 def _stability_task(cfg: Any) -> None:
     from .metrics.stability_study import run_stability
 
@@ -123,7 +131,7 @@ def _list_methods() -> None:
 
 TASKS: dict[str, Callable[[Any], None]] = {
     "sr": _sr_task, "train": _train_task, "bench": _bench_task, "convert": _convert_task,
-    "demo": _demo_task, "stability": _stability_task,
+    "demo": _demo_task, "stability": _stability_task, "calibrate": _calibrate_task,
 }
 
 

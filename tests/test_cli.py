@@ -84,3 +84,17 @@ def test_bad_image_single_file_is_a_clean_error(tmp_path):
 def test_list_shows_methods():
     result = srkit("list")
     assert result.returncode == 0 and "bicubic" in result.stdout and "realesrgan" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["sr", "train", "bench", "convert", "demo", "calibrate", "stability"])
+def test_every_command_composes_its_config(command):
+    from hydra import compose, initialize_config_dir
+
+    from srkit.cli import COMMANDS, TASKS
+    from srkit.registry import config_dir
+
+    assert command in COMMANDS and command in TASKS
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        overrides = {"sr": ["input=x.png"], "train": ["method=bicubic"]}.get(command, [])
+        cfg = compose(COMMANDS[command][0], overrides=overrides)
+    assert cfg is not None

@@ -240,6 +240,17 @@ class MetricCache:
         return self.metrics[key]
 
 
+def sample_knobs(knobs: dict[str, Any], sample: Sample) -> dict[str, Any]:
+    """The ``sr`` knobs for one image: a table's ``guide: hr`` / ``guide: lr`` becomes that image's HR / LR tensor."""
+    guide = knobs.get("guide")
+    if guide not in ("hr", "lr"):
+        return knobs
+    image = sample.hr if guide == "hr" else sample.lr
+    if image is None:
+        raise ConfigError(f"guide: {guide} needs the dataset's HR images, and {sample.name} has none")
+    return {**knobs, "guide": image[None]}
+
+
 def measure_unit(
     unit: Unit, samples: Sequence[Sample], keys: Sequence[str], *, metrics: MetricCache, device: str, weights: str | None,
     image_dir: Path, dist: Dist, stability: bool, crop_border: int,
@@ -267,7 +278,7 @@ def measure_unit(
         for seed in unit.seeds:
             start = time.perf_counter()
             try:
-                out = model.sr(sample.lr[None], seed=seed, **knobs)
+                out = model.sr(sample.lr[None], seed=seed, **sample_knobs(knobs, sample))
             except SrkitError as err:
                 result.error = f"{type(err).__name__}: {err}"
                 return result
