@@ -74,7 +74,8 @@ PG_RESSHIFT = MethodDescriptor(
 LPNSR = MethodDescriptor(
     name="lpnsr",
     title="LPNSR",
-    paper="LPNSR: learned prior noise for residual-shifting diffusion SR (shared/papers/lpnsr.md)",
+    paper="Huang, Liu, Wei, 'LPNSR: Prior-Enhanced Diffusion Image Super-Resolution via LR-Guided Noise Prediction', "
+    "arXiv 2603.21045",
     scale=4,
     steps=(1, 2, 3, 4),
     default_steps=4,
@@ -83,7 +84,11 @@ LPNSR = MethodDescriptor(
     size_multiple=64,
     weights=(
         *RESSHIFT.weights,
-        WeightFile("noise_predictor", "noise_predictor_v2.pth", source="https://huggingface.co/mirpri/LPNSR"),
+        WeightFile("noise_predictor", "noise_predictor_v2.pth",
+                   source="https://huggingface.co/mirpri/LPNSR (or the Faze-Hsw/LPNSR GitHub release)"),
+        WeightFile("pre_upsampler", "003_realSR_BSRGAN_DFOWMFC_s64w8_SwinIR-L_x4_GAN.pth",
+                   source="https://github.com/JingyunLiang/SwinIR/releases/download/v0.0/"
+                   "003_realSR_BSRGAN_DFOWMFC_s64w8_SwinIR-L_x4_GAN.pth", licence="Apache-2.0"),
     ),
     licence=_S_LAB,
     trainable=True,

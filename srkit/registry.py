@@ -248,6 +248,13 @@ def load(
     return build_method(config, weights=weights, device=device, dtype=dtype, name=name)
 
 
+def backend_config(name: str) -> dict[str, Any]:
+    """The constructor arguments of a backend's shipped config (``conf/backend/<name>.yaml``, no ``_target_``)."""
+    config = REGISTRIES["backend"].get(name).default_config()
+    config.pop("_target_", None)
+    return config
+
+
 def build_method(
     config: Mapping[str, Any],
     *,

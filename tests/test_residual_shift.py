@@ -7,7 +7,7 @@ import torch
 
 from srkit import registry
 from srkit.errors import ConfigError, UnsupportedError
-from srkit.samplers.residual_shift import ResidualShiftSampler
+from srkit.samplers.residual_shift import OptimalNoise, ResidualShiftSampler
 
 # shared/facts/resshift-lpnsr.md sec. 1.3, v3 table (T=4, p=0.3, kappa=2.0, min_noise_level 0.2)
 V3 = {
@@ -112,11 +112,62 @@ def test_prior_and_input_scaling():
 
 
 def test_bad_arguments_name_the_fix():
-    with pytest.raises(UnsupportedError, match="ResidualShiftSampler\\(steps=2\\)"):
-        ResidualShiftSampler().timesteps(2)
+    with pytest.raises(UnsupportedError, match="ResidualShiftSampler\\(steps=5\\)"):
+        ResidualShiftSampler().timesteps(5)
+    with pytest.raises(UnsupportedError, match=r"runs 1\.\.4"):
+        ResidualShiftSampler().timesteps(0)
     with pytest.raises(ConfigError, match="etas_end"):
         ResidualShiftSampler(etas_end=1.5)
     with pytest.raises(ConfigError, match="positive integer"):
         ResidualShiftSampler(steps=0)
     with pytest.raises(UnsupportedError, match="t-1"):
         ResidualShiftSampler().posterior(torch.zeros(1), 3, 1, torch.zeros(1))
+
+
+def test_fewer_steps_start_from_lpnsr_eq3_on_the_same_tables():
+    """k < T steps: x_{k-1} = y + kappa sqrt(eta_{k-1}) eps (LPNSR Eq. (3)), then steps k-1 .. 0 (official inference.py)."""
+    sampler = ResidualShiftSampler()
+    y = torch.randn(1, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    seen: list[tuple[int, torch.Tensor]] = []
+
+    def denoise(x, t):
+        seen.append((t, x))
+        return torch.zeros_like(x)
+
+    for k in (1, 2, 3):
+        assert sampler.timesteps(k) == list(range(k - 1, -1, -1))
+        seen.clear()
+        out = sampler.sample(denoise, y, steps=k, generator=torch.Generator().manual_seed(7))
+        eps = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        start = y + (2.0 * sampler.sqrt_etas[k - 1]).float().double() * eps
+        assert [t for t, _ in seen] == list(range(k - 1, -1, -1)) and sampler.last_timesteps == [t for t, _ in seen]
+        torch.testing.assert_close(seen[0][1], start, atol=1e-12, rtol=0)
+        assert torch.equal(out, torch.zeros_like(y))  # the last step returns x0_pred
+    torch.testing.assert_close(sampler.prior(y, eps), sampler.prior(y, eps, t=3), atol=0, rtol=0)
+
+
+def test_optimal_noise_recovers_x0_exactly_eq21():
+    """LPNSR Eq. (21): with z* of Eq. (9) at every step each state is (1 - eta_t) x0 + eta_t y, on which a
+    denoiser consistent with the forward process (the posterior mean of Eq. (18)) returns the true x0, so the
+    chain lands on x0; with Gaussian noise the states leave that trajectory and the output misses x0."""
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=g)
+    y = x0 + 0.5 * torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=g)
+    sampler = ResidualShiftSampler()
+    states: list[tuple[int, torch.Tensor]] = []
+
+    def denoise(x, t):
+        states.append((t, x))
+        eta = sampler.etas[t]
+        return (x - eta * y) / (1 - eta)  # Eq. (18): exactly x0 on the Eq. (21) trajectory
+
+    for steps in (4, 3, 2):
+        states.clear()
+        sampler.noise = OptimalNoise(sampler, x0, y)
+        out = sampler.sample(denoise, y, steps=steps, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(out, x0, atol=1e-9, rtol=0)
+        for t, x in states[1:]:
+            torch.testing.assert_close(x, (1 - sampler.etas[t]) * x0 + sampler.etas[t] * y, atol=1e-9, rtol=0)
+        sampler.noise = ResidualShiftSampler().noise  # Gaussian
+        miss = sampler.sample(denoise, y, steps=steps, generator=torch.Generator().manual_seed(0))
+        assert float((miss - x0).abs().mean()) > 0.05

@@ -13,7 +13,6 @@ Sigma_t * grad D_KL = mu - mu_c = coef2 (x0_pred - z_c).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from ..catalog import PG_RESSHIFT
 from ..errors import ConfigError, InvalidImageError, UnsupportedError
 from ..samplers.residual_shift import ResidualShiftSampler
 from ..types import check_image_tensor
-from .resshift import Condition, ResShift, _pad_to_multiple
+from .resshift import Condition, ResShift, pad_to_multiple
 
 __all__ = [
     "PG_RESSHIFT", "GuidanceScales", "PosteriorGuidance", "PosteriorGuidedResShift", "calibrate", "kl_direction",
@@ -230,15 +229,10 @@ class PosteriorGuidedResShift(ResShift):
     def guide_latent(self, image: Tensor, condition: Condition) -> Tensor:
         """z_c of a guide in [0, 1], padded as y_0 is: an HR (output size) is encoded as is, an LR-size image as the
         chain's y (bicubic x4, then the encoder), so that ``guide=lr`` gives exactly z_y."""
-        multiple = self._multiple
+        multiple = self.multiple
         if image.shape[-2:] == (self.scale * condition.height, self.scale * condition.width):
-            return self.autoencoder.encode(_pad_to_multiple(image * 2 - 1, self.scale * multiple))
-        return self.encode_upsampled(_pad_to_multiple(image * 2 - 1, multiple))
-
-    @property
-    def _multiple(self) -> int:
-        """The side multiple y_0 is padded to (as :meth:`ResShift.condition`)."""
-        return math.lcm(self.descriptor.size_multiple, self.unet.size_multiple)
+            return self.autoencoder.encode(pad_to_multiple(image * 2 - 1, self.scale * multiple))
+        return self.encode_upsampled(pad_to_multiple(image * 2 - 1, multiple))
 
 
 @torch.no_grad()

