@@ -52,14 +52,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backends.sd import DIFFUSERS_WEIGHTS, StableDiffusion, build_component
+from ..backends.sd import DIFFUSERS_WEIGHTS, StableDiffusion, build_component, sd_config
 from ..catalog import CCSR as CCSR_DESCRIPTOR
 from ..errors import ConfigError
 from ..ops.color import ColorFix, color_fix
-from ..registry import REGISTRIES, merge_config
 from ..samplers.nonuniform import NonUniformSampler
 from ..types import SRMethod
-from ..weights import SYNTHETIC, load_weights, resolve, synthetic_state_dict
+from ..weights import SYNTHETIC, companion, load_weights, resolve, synthetic_state_dict
 
 __all__ = ["CCSR", "CCSR_FOLDER", "NEGATIVE_PROMPT", "PROMPT", "preset", "vae_condition_controlnet"]
 
@@ -137,14 +136,8 @@ class CCSR(SRMethod):
             raise ConfigError("CCSR needs the non-uniform sampler: sampler=srkit.samplers.nonuniform.NonUniformSampler")
         if not 0 < train_t_max < self.sampler.start:
             raise ConfigError(f"train_t_max must lie in [1, {self.sampler.start - 1}], got {train_t_max}")
-        synthetic = weights is not None and str(weights) == SYNTHETIC
-        if synthetic:  # unspecified weights follow
-            ccsr_weights = SYNTHETIC if ccsr_weights is None else ccsr_weights
-            lpips_weights = SYNTHETIC if lpips_weights is None else lpips_weights
-
-        config = REGISTRIES["backend"].get("sd21_base").default_config()
-        config = merge_config(config, {**(backend_config or {}), "prompt": prompt, "weights": weights})
-        config.pop("_target_")
+        ccsr_weights, lpips_weights = companion(ccsr_weights, weights), companion(lpips_weights, weights)
+        config = sd_config("sd21_base", backend_config, prompt=prompt, weights=weights)
         control_config = config.pop("controlnet")
         self.sd = StableDiffusion(**config, controlnet=None)
         self.controlnet = self._controlnet(control_config, ccsr_weights)

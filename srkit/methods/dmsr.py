@@ -31,13 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backends.dmsr_modules import NUM_BINS, VGG19_CHANNELS, TimestepAwareEncoder, TimestepEstimator
-from ..backends.sd import StableDiffusion
+from ..backends.sd import StableDiffusion, sd_config
 from ..catalog import DMSR as DMSR_DESCRIPTOR
 from ..errors import ConfigError, UnsupportedError
-from ..registry import REGISTRIES, merge_config
 from ..samplers.ddpm import DDPMSampler
 from ..types import SRMethod
-from ..weights import SYNTHETIC, load_state_dict, load_state_dict_strict, synthetic_state_dict
+from ..weights import SYNTHETIC, companion, load_state_dict, load_state_dict_strict, synthetic_state_dict
 
 __all__ = ["DMSR", "DMSR_FILE", "LOSS_WEIGHTS", "PROMPT", "decompose", "estimate_start_t", "upsample"]
 
@@ -112,22 +111,15 @@ class DMSR(SRMethod):
         unknown = sorted(set(loss_weights or {}) - set(LOSS_WEIGHTS))
         if unknown:
             raise ConfigError(f"unknown dmsr loss weights {unknown}; the terms are {', '.join(LOSS_WEIGHTS)}")
-        synthetic = weights is not None and str(weights) == SYNTHETIC
 
-        def spec(value: str | None) -> str | None:
-            return SYNTHETIC if value is None and synthetic else value
-
-        config = REGISTRIES["backend"].get("sd_turbo").default_config()
-        config = merge_config(config, {**(backend_config or {}), "prompt": prompt, "weights": weights})
-        config.pop("_target_")
-        self.sd = StableDiffusion(**config)
+        self.sd = StableDiffusion(**sd_config("sd_turbo", backend_config, prompt=prompt, weights=weights))
         self.sampler = sampler if sampler is not None else DDPMSampler()
         if self.sampler.prediction_type != "epsilon":
             raise ConfigError("DM-SR's decomposition (Eq. (2)) needs an epsilon-predicting UNet: set sampler.prediction_type=epsilon")
         init = dmsr_weights is not None and str(dmsr_weights) == "init"
-        self.estimator = TimestepEstimator(estimator_channels, backbone_weights=spec(vgg_weights) if init else "none")
+        self.estimator = TimestepEstimator(estimator_channels, backbone_weights=companion(vgg_weights, weights) if init else "none")
         self.encoder = TimestepAwareEncoder(self.sd.vae.vae)
-        self._load_trained(spec(dmsr_weights), init)
+        self._load_trained(companion(dmsr_weights, weights), init)
         self.requires_grad_(False)
 
         self.stage, self.for_training, self.gan_kind = stage, for_training, gan_kind
@@ -135,7 +127,7 @@ class DMSR(SRMethod):
         self.timestep_target, self.timestep_scale = timestep_target, float(timestep_scale)
         self.disc: nn.Module | None = None
         if for_training:
-            self._build_losses(spec(latent_lpips_weights), discriminator, lpips_net, spec(lpips_weights))
+            self._build_losses(companion(latent_lpips_weights, weights), discriminator, lpips_net, companion(lpips_weights, weights))
 
     # ------------------------------------------------------------------ weights
 

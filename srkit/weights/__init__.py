@@ -32,9 +32,21 @@ from torch import Tensor, nn
 from ..errors import ConfigError, WeightsNotFoundError
 
 __all__ = [
-    "SYNTHETIC", "cache_file", "cached_safetensors", "hub_offline", "load_checkpoint", "load_state_dict",
-    "load_state_dict_strict", "load_weights",
-    "resolve", "search_dirs", "srkit_home", "synthetic_state_dict", "synthetic_tensor", "unwrap_state_dict",
+    "SYNTHETIC",
+    "cache_file",
+    "cached_safetensors",
+    "companion",
+    "hub_offline",
+    "load_checkpoint",
+    "load_state_dict",
+    "load_state_dict_strict",
+    "load_weights",
+    "resolve",
+    "search_dirs",
+    "srkit_home",
+    "synthetic_state_dict",
+    "synthetic_tensor",
+    "unwrap_state_dict",
 ]
 
 # Containers official trainers wrap state dicts in, in order of preference (EMA weights first).
@@ -130,6 +142,11 @@ def synthetic_state_dict(model: nn.Module, dtype: torch.dtype | None = None) -> 
 
 SYNTHETIC: Literal["synthetic"] = "synthetic"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "owner/name"
+
+
+def companion(value: str | None, weights: str | os.PathLike[str] | None) -> str | None:
+    """A method's secondary weights ``value``: synthetic when unspecified and the main ``weights`` are."""
+    return SYNTHETIC if value is None and weights is not None and str(weights) == SYNTHETIC else value
 
 
 def hub_offline() -> bool:
