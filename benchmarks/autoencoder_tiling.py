@@ -98,7 +98,9 @@ class PeakRSS:
         self.peak = max(self.peak, self.rss())
 
 
-def decode_once(name: str, device: str, image: int, tile: int | None, overlap: int, sync_passes: int, out: str) -> dict[str, float]:
+def decode_once(
+    name: str, device: str, image: int, tile: int | None, overlap: int, sync_passes: int | None, out: str
+) -> dict[str, float]:
     """Decode in this (fresh) process and save the result to ``out``; returns time and peak memory."""
     model = build(name, device)
     generator = torch.Generator().manual_seed(SEED)
@@ -141,7 +143,9 @@ def seam_metrics(tiled: torch.Tensor, full: torch.Tensor, latent: int, tile: int
     return on_seams, elsewhere
 
 
-def run(names: list[str], images: list[int], tiles: list[int], overlap: int, sync_passes: int, device: str) -> list[dict[str, Any]]:
+def run(
+    names: list[str], images: list[int], tiles: list[int], overlap: int, sync_passes: int | None, device: str
+) -> list[dict[str, Any]]:
     records = []
     with tempfile.TemporaryDirectory() as scratch:
         for name in names:
@@ -173,6 +177,10 @@ def run(names: list[str], images: list[int], tiles: list[int], overlap: int, syn
     return records
 
 
+def _passes(value: str) -> int | None:
+    return None if value == "exact" else int(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--autoencoders", nargs="+", default=AUTOENCODERS, choices=AUTOENCODERS,
@@ -180,7 +188,8 @@ def main() -> None:
     parser.add_argument("--images", nargs="+", type=int, default=[1024], help="image sides in pixels")
     parser.add_argument("--tiles", nargs="+", type=int, default=[32, 64], help="tile sides in latent pixels")
     parser.add_argument("--overlap", type=int, default=16, help="tile overlap in latent pixels")
-    parser.add_argument("--sync-passes", type=int, default=2, help="GroupNorm statistics passes (0: per-tile statistics)")
+    parser.add_argument("--sync-passes", type=_passes, default=2,
+                        help="GroupNorm statistics passes (0: per-tile statistics; exact: one per GroupNorm, image-wide exact)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, default=Path("outputs/bench/autoencoder_tiling.json"))
     args = parser.parse_args()
