@@ -212,6 +212,7 @@ def test_training_the_noise_predictor_through_the_trainer_lowers_the_loss(tmp_pa
     """~90 s on 2 loaded cores (LPIPS-VGG at 256x256: every LR is padded to 64). Algorithm 1 with tiny networks:
     g_w alone is trained (denoiser, autoencoder frozen), the GAN alternates; the L1 + LPIPS of the unrolled
     chain on the training pair, with fixed noise, drops."""
+    torch.manual_seed(0)  # the discriminator's init draws from the global RNG (passes for seeds 0-4 at lr 1e-3)
     model = registry.build_method(
         _config(**TINY, for_training=True, lpips_weights="synthetic", disc_config={"ndf": 8, "n_layers": 2}),
         weights="synthetic", device="cpu",
@@ -226,7 +227,7 @@ def test_training_the_noise_predictor_through_the_trainer_lowers_the_loss(tmp_pa
 
     before = fixed_noise_loss()
     unet_before = {k: v.clone() for k, v in model.unet.state_dict().items()}
-    trainer = Trainer(model, data, output_dir=tmp_path, max_steps=6, batch_size=1, lr=3e-3, progress=False,
+    trainer = Trainer(model, data, output_dir=tmp_path, max_steps=6, batch_size=1, lr=1e-3, progress=False,
                       cpu=True, disc_alternate=True, disc_lr=1e-4)
     history = trainer.fit()
     optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
