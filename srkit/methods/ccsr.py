@@ -262,8 +262,7 @@ class CCSR(SRMethod):
         # Eq. (2) at t < t_max (v2: 667), one t per sample
         t = torch.randint(0, self.train_t_max, (b,), device=z0.device)
         noise = torch.randn_like(z0)
-        abar = sampler.alphas_cumprod.to(z0.device)[t].to(z0.dtype).view(-1, 1, 1, 1)
-        x_t = abar.sqrt() * z0 + (1 - abar).sqrt() * noise
+        x_t = sampler.q_sample(z0, t, noise)
         l_diff = F.mse_loss(self.eps(x_t, t, z_lr, context), noise)
         # Eq. (3): l_T on x̂0←T from x_T = q(z0, T) (Eq. (1)), l_tmax on x̂0 from x̂_tmax = q(x̂0←T, t_max)
         x_big_t = sampler.q_sample(z0, big_t, torch.randn_like(z0))

@@ -172,7 +172,7 @@ class DMSR(SRMethod):
 
     def alpha_bar(self, t: Tensor, like: Tensor) -> Tensor:
         """ᾱ_t per sample, (B, 1, 1, 1), from the sampler's table."""
-        return self.sampler.alphas_cumprod.to(like.device)[t].to(like.dtype).view(-1, 1, 1, 1)
+        return self.sampler.alpha_bar(t, like)
 
     def eps(self, x_t: Tensor, t: Tensor, context: Tensor) -> Tensor:
         """μ_ψ(x_t, t): the frozen UNet's noise prediction, conditioned on a prompt embedding."""
@@ -211,9 +211,8 @@ class DMSR(SRMethod):
         context = self.sd.prompt_embedding(prompt)
         _, eps_sr, z = self.encode(i_lr, ts[0], context)
         for t in ts[1:]:  # Sec. 4.4: DDIM that reuses ε_SR for every later input
-            abar = self.alpha_bar(t, z)
-            x_t = abar.sqrt() * z + (1 - abar).sqrt() * eps_sr
-            z = decompose(x_t, self.eps(x_t, t, context), abar)
+            x_t = self.sampler.q_sample(z, t, eps_sr)
+            z = decompose(x_t, self.eps(x_t, t, context), self.alpha_bar(t, z))
         image = self.sd.vae.decode(z).clamp(-1, 1) * 0.5 + 0.5
         return image[..., : self.scale * height, : self.scale * width]
 

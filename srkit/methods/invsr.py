@@ -179,10 +179,7 @@ class InvSR(SRMethod):
     def x0(self, x_t: Tensor, t: int | Tensor, context: Tensor) -> Tensor:
         """Eq. (9): the frozen UNet's x0 prediction at timestep ``t`` (an int, or one per sample)."""
         eps = self.sd.unet(x_t, t, encoder_hidden_states=context.expand(x_t.shape[0], -1, -1)).sample
-        if isinstance(t, int):
-            return self.sampler.predict_x0(eps, x_t, t)
-        abar = self.sampler.alphas_cumprod.to(x_t.device)[t].to(x_t.dtype).view(-1, 1, 1, 1)
-        return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+        return self.sampler.predict_x0(eps, x_t, t)
 
     def _sr(self, lr: Tensor, *, steps: int | None, generator: torch.Generator | None, **knobs: Any) -> Tensor:
         start_t, prompt = knobs.pop("start_t", self.sampler.start_t), knobs.pop("prompt", None)
@@ -225,8 +222,7 @@ class InvSR(SRMethod):
             z_lr = self.latent_lr(lr, None)
         index = torch.randint(len(self.start_steps), (lr.shape[0],), device=lr.device)
         t = torch.tensor(self.start_steps, device=lr.device)[index] - 1
-        abar = self.sampler.alphas_cumprod.to(lr.device)[t].to(lr.dtype).view(-1, 1, 1, 1)
-        x_t = abar.sqrt() * z_lr + (1 - abar).sqrt() * self.predictor(lr, t)  # Eq. (10)
+        x_t = self.sampler.q_sample(z_lr, t, self.predictor(lr, t))  # Eq. (10)
         return self.x0(x_t, t, self.sd.prompt_embedding())
 
     def losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -133,8 +133,11 @@ class DDPMSampler(Sampler):
 
     # ---------------------------------------------------------------- tables
 
-    def alpha_bar(self, t: int, like: Tensor) -> Tensor:
-        """abar_t as a scalar tensor like ``like`` (1 for t < 0: the clean end of the chain)."""
+    def alpha_bar(self, t: int | Tensor, like: Tensor) -> Tensor:
+        """abar_t like ``like``: a scalar for an int ``t`` (1 for t < 0: the clean end of the chain), or
+        (B, 1, 1, 1) for a (B,) tensor of timesteps (one per sample, as in training)."""
+        if isinstance(t, Tensor):
+            return self.alphas_cumprod.to(like.device)[t].to(like.dtype).view(-1, *[1] * (like.dim() - 1))
         value = self.alphas_cumprod[t] if t >= 0 else torch.ones((), dtype=torch.float64)
         return value.to(device=like.device, dtype=like.dtype)
 
@@ -146,12 +149,12 @@ class DDPMSampler(Sampler):
 
     # ---------------------------------------------------------------- forward process and conversions
 
-    def q_sample(self, x0: Tensor, t: int, noise: Tensor) -> Tensor:
+    def q_sample(self, x0: Tensor, t: int | Tensor, noise: Tensor) -> Tensor:
         """A draw of q(x_t | x_0) = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise (InvSR Eq. (2), (7))."""
         abar = self.alpha_bar(t, x0)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
-    def predict_x0(self, model_output: Tensor, x_t: Tensor, t: int) -> Tensor:
+    def predict_x0(self, model_output: Tensor, x_t: Tensor, t: int | Tensor) -> Tensor:
         """x0 from the network output per ``prediction_type`` (epsilon: InvSR Eq. (9))."""
         abar = self.alpha_bar(t, x_t)
         if self.prediction_type == "epsilon":
@@ -160,7 +163,7 @@ class DDPMSampler(Sampler):
             return abar.sqrt() * x_t - (1 - abar).sqrt() * model_output
         return model_output
 
-    def predict_eps(self, x_t: Tensor, t: int, x0: Tensor) -> Tensor:
+    def predict_eps(self, x_t: Tensor, t: int | Tensor, x0: Tensor) -> Tensor:
         """The noise implied by x_t and x0: (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)."""
         abar = self.alpha_bar(t, x_t)
         return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
