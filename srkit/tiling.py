@@ -9,13 +9,19 @@ image border are never faded.
 
 Tiles all have the same size (the last one along each axis is shifted back inside the image), so
 they can be stacked into batches; each tile is padded to the model's size multiple and cropped back.
+
+Networks whose GroupNorms see the whole image (the VAE decoders) cannot be cut into independent
+tiles without changing their output; :func:`stagewise_tiled_apply` runs such a network stage by
+stage over tiles with halos and image-wide GroupNorm statistics, which is exact.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -156,42 +162,41 @@ def tiled_apply(
 
 
 # ------------------------------------------------------------------------------------------------
-# Tiling networks with GroupNorm: image-wide statistics across tiles
+# Exact tiling of GroupNorm networks, stage by stage
 
 
-Core = tuple[int, int, float, float]  # (tile start, tile size, core start, core end) along one axis
+def tile_cuts(length: int, tile: int) -> list[int]:
+    """Boundaries ``[0, ..., length]`` of the fewest pieces of at most ``tile`` pixels, sizes as equal as possible."""
+    pieces = max(1, math.ceil(length / tile))
+    return [round(i * length / pieces) for i in range(pieces + 1)]
 
 
-def tile_cores(length: int, tile: int, overlap: int) -> list[Core]:
-    """The tiles :func:`srkit.tiling.tiled_apply` uses along one axis, each with its *core*.
+Region = tuple[tuple[int, int, int, int], tuple[int, int, int, int]]  # per axis: (crop start, crop size, core start, core end)
 
-    Cores partition ``[0, length)``: neighbouring tiles meet in the middle of their overlap, the
-    points farthest from both tiles' cut edges.
-    """
-    size = min(tile, length)
-    starts = tile_starts(length, size, overlap)
-    bounds = [0.0, *((starts[i - 1] + size + starts[i]) / 2 for i in range(1, len(starts))), float(length)]
-    return [(start, size, bounds[i], bounds[i + 1]) for i, start in enumerate(starts)]
+
+class _StatisticsPending(Exception):
+    """Raised by a synchronised GroupNorm whose image-wide statistics are not known yet, after adding the tile's share."""
 
 
 class GroupNormSync:
-    """Makes every ``nn.GroupNorm`` of some modules use image-wide statistics while they run on tiles.
+    """Makes every ``nn.GroupNorm`` of some modules normalise tiles with image-wide statistics.
 
-    Inside :meth:`active`, each GroupNorm adds the per-(sample, group) sum, sum of squares and count
-    of its input over the current tile's core (``region``: the row and column :data:`Core` of the
-    tile, in the coordinates of the tiled input) to running totals in float64; since cores partition
-    the image, the totals are the untiled ones. Once :meth:`freeze` has been called, it normalises
-    with the frozen image-wide mean and variance instead of the tile's own.
+    Inside :meth:`active`, a GroupNorm whose statistics are frozen normalises with them. Any other
+    one adds the per-(sample, group) sum, sum of squares and count of its input over the current
+    tile's core (``region``, in the coordinates of the tile's input) to running totals in float64
+    and stops the forward (:class:`_StatisticsPending`): nothing after it can be right yet. Cores
+    partition the image, so once every tile has passed, :meth:`freeze` turns the totals into
+    exactly the untiled statistics.
     """
 
-    def __init__(self, modules: list[nn.Module]):
+    def __init__(self, modules: Sequence[nn.Module]):
         self.norms = [m for module in modules for m in module.modules() if isinstance(m, nn.GroupNorm)]
-        self.region: tuple[Core, Core] | None = None
+        self.region: Region | None = None
         self._sums: dict[int, Tensor] = {}
         self._stats: dict[int, tuple[Tensor, Tensor]] = {}
 
     def freeze(self) -> None:
-        """Turn the accumulated totals into the statistics used from now on, and start new totals."""
+        """Turn the accumulated totals into the statistics used from now on."""
         for key, totals in self._sums.items():
             s1, s2, n = totals.unbind(-1)
             mean = s1 / n
@@ -203,20 +208,22 @@ class GroupNormSync:
             return x
         slices = []
         for (start, size, lo, hi), extent in zip(self.region, x.shape[-2:]):
-            r = extent / size  # this layer's resolution relative to the tiled input
-            slices.append(slice(round(lo * r) - round(start * r), round(hi * r) - round(start * r)))
+            r = extent / size  # this layer's resolution relative to the tile's input
+            slices.append(slice(round((lo - start) * r), round((hi - start) * r)))
         return x[..., slices[0], slices[1]]
 
     def _forward(self, norm: nn.GroupNorm, x: Tensor) -> Tensor:
-        core = self._core(x).reshape(x.shape[0], norm.num_groups, -1).double()
-        totals = torch.stack([core.sum(-1), core.square().sum(-1), torch.full_like(core[..., 0], core.shape[-1])], -1)
         key = id(norm)
-        self._sums[key] = self._sums[key] + totals if key in self._sums else totals
         if key not in self._stats:
-            return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
-        mean, var = self._stats[key]
-        groups = x.reshape(x.shape[0], norm.num_groups, -1).double()
-        y = ((groups - mean[..., None]) * torch.rsqrt(var[..., None] + norm.eps)).to(x.dtype).reshape(x.shape)
+            core = self._core(x).reshape(x.shape[0], norm.num_groups, -1).double()
+            count = torch.full_like(core[..., 0], core.shape[-1])
+            totals = torch.stack([core.sum(-1), core.square().sum(-1), count], -1)
+            self._sums[key] = self._sums[key] + totals if key in self._sums else totals
+            raise _StatisticsPending
+        compute = torch.float64 if x.dtype == torch.float64 else torch.float32  # F.group_norm's precision
+        mean, var = (s.to(compute)[..., None] for s in self._stats[key])
+        groups = x.reshape(x.shape[0], norm.num_groups, -1).to(compute)
+        y = ((groups - mean) * torch.rsqrt(var + norm.eps)).to(x.dtype).reshape(x.shape)
         if norm.affine:
             y = y * norm.weight[:, None, None] + norm.bias[:, None, None]
         return y
@@ -232,44 +239,116 @@ class GroupNormSync:
             for norm in self.norms:
                 del norm.forward
 
+    def run_stage(self, stage: Callable[[Tensor], Tensor], h: Tensor, rows: list[int], cols: list[int], *,
+                  halo: int, device: torch.device) -> Tensor:
+        """``stage(h)`` computed piece by piece (cut at ``rows`` x ``cols``), each piece with ``halo`` pixels of context.
 
-def synced_tiled_apply(
-    fn: Callable[[Tensor], Tensor],
+        Each GroupNorm of the stage costs one pass over the pieces up to it (its statistics); the last
+        pass writes every piece's core into the output, kept on ``h``'s device.
+        """
+        height, width = h.shape[-2:]
+        pieces = [(top, bottom, left, right) for top, bottom in itertools.pairwise(rows)
+                  for left, right in itertools.pairwise(cols)]
+        out: Tensor | None = None
+        while True:
+            done = 0
+            for top, bottom, left, right in pieces:
+                crop_top, crop_left = max(top - halo, 0), max(left - halo, 0)
+                crop_bottom, crop_right = min(bottom + halo, height), min(right + halo, width)
+                self.region = ((crop_top, crop_bottom - crop_top, top, bottom), (crop_left, crop_right - crop_left, left, right))
+                try:
+                    y = stage(h[..., crop_top:crop_bottom, crop_left:crop_right].to(device))
+                except _StatisticsPending:
+                    continue
+                scale = y.shape[-2] // (crop_bottom - crop_top)
+                if y.shape[-2:] != ((crop_bottom - crop_top) * scale, (crop_right - crop_left) * scale):
+                    raise TileError(f"a tiled stage mapped a {tuple(h.shape[-2:])} crop to {tuple(y.shape[-2:])}: "
+                                    "stages must keep the size or enlarge it by a whole factor")
+                if out is None:
+                    out = h.new_empty(*y.shape[:2], height * scale, width * scale, dtype=y.dtype)
+                inner = (slice((top - crop_top) * scale, (bottom - crop_top) * scale),
+                         slice((left - crop_left) * scale, (right - crop_left) * scale))
+                out[..., top * scale : bottom * scale, left * scale : right * scale] = y[(..., *inner)].to(out.device)
+                done += 1
+            if done == len(pieces):
+                assert out is not None
+                return out
+            if done:  # a stage's GroupNorms must be met in the same order on every piece
+                raise TileError("a tiled stage ran different GroupNorms on different tiles; it cannot be tiled exactly")
+            self.freeze()
+
+
+def stagewise_tiled_apply(
+    stages: Sequence[Callable[[Tensor], Tensor]],
     x: Tensor,
-    modules: list[nn.Module],
+    modules: Sequence[nn.Module],
+    *,
+    tile: int,
+    halo: int = 2,
+    store: torch.device | str | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """The composition of ``stages`` applied to ``x``, exactly, holding one tile's working memory at a time.
+
+    Each stage is local (convolutions, GroupNorm, nearest upsampling: its output pixel depends on
+    input pixels at most ``halo`` away) and keeps the size or enlarges it by a whole factor. The
+    stages run one after another on the whole image, kept on ``store`` (default: ``x``'s device;
+    ``"cpu"`` leaves the accelerator one tile's working memory); each stage runs over pieces of at
+    most ``tile`` pixels of ``x`` (scaled to the stage's resolution) plus ``halo`` pixels of
+    context, and only the pieces' cores are kept, so no blending is needed. The GroupNorms inside
+    ``modules`` normalise with the statistics of the whole image (:class:`GroupNormSync`), so the
+    result equals the untiled one up to float rounding; the price is one extra partial pass per
+    GroupNorm (a residual block of two GroupNorms costs 3 convolutions instead of 2).
+    """
+    if x.dim() != 4:
+        raise TileError(f"stagewise_tiled_apply expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
+    if tile < 1 or halo < 0:
+        raise TileError(f"tile must be >= 1 and halo >= 0, got tile={tile}, halo={halo}")
+    if tile >= x.shape[-2] and tile >= x.shape[-1]:
+        for stage in stages:  # one piece: the untiled computation
+            x = stage(x)
+        return x
+    keep = x.device if store is None else torch.device(store)
+    rows, cols = tile_cuts(x.shape[-2], tile), tile_cuts(x.shape[-1], tile)
+    h = x.to(keep)
+    sync = GroupNormSync(modules)
+
+    from tqdm.auto import tqdm
+
+    with sync.active():
+        for stage in tqdm(stages, desc="tiled stages", unit="stage", disable=not progress, leave=False):
+            factor = h.shape[-2] // x.shape[-2]  # the stage's resolution relative to x
+            h = sync.run_stage(stage, h, [c * factor for c in rows], [c * factor for c in cols], halo=halo, device=x.device)
+    return h.to(x.device)
+
+
+def tiled_network_apply(
+    stages: Sequence[Callable[[Tensor], Tensor]],
+    x: Tensor,
+    modules: Sequence[nn.Module],
     *,
     scale: float,
     tile: int,
     overlap: int,
-    sync_passes: int | None = 2,
+    statistics: Literal["image", "tile"] = "image",
+    store: torch.device | str | None = None,
     progress: bool = False,
 ) -> Tensor:
-    """:func:`srkit.tiling.tiled_apply` of ``fn`` with the GroupNorms of ``modules`` using image-wide statistics.
+    """The composition of ``stages`` (GroupNorms inside ``modules``, overall ``scale``) on ``x`` in tiles.
 
-    ``sync_passes`` tiled passes accumulate the statistics (:class:`GroupNormSync`) before the final
-    pass; each pass refines them, as every GroupNorm's input depends on the statistics before it.
-    After as many passes as there are GroupNorm layers in sequence (``sync_passes=None``) every
-    statistic is the untiled one, so the result equals the untiled output wherever the function's
-    receptive field stays inside the zero-weight margin (``overlap / 4``); fewer passes trade
-    exactness for time.
+    ``statistics="image"``: :func:`stagewise_tiled_apply`, exact. ``statistics="tile"``:
+    :func:`tiled_apply` of the whole composition on tiles blended over ``overlap`` pixels, each
+    normalised with its own statistics (diffusers' VAE tiling): one pass, memory bounded by the
+    tile everywhere, but not the untiled result.
     """
-    if tile >= x.shape[-2] and tile >= x.shape[-1]:
-        return tiled_apply(fn, x, scale=scale, tile=tile, overlap=overlap)  # one tile: nothing to synchronise
-    sync = GroupNormSync(modules)
+    if statistics == "image":
+        return stagewise_tiled_apply(stages, x, modules, tile=tile, store=store, progress=progress)
+    if statistics != "tile":
+        raise TileError(f"statistics must be 'image' (untiled GroupNorm statistics) or 'tile' (per tile), got {statistics!r}")
 
-    def run() -> Tensor:
-        # tiled_apply visits the tiles row by row, one call per tile (batch_size=1)
-        regions = iter([(row, col) for row in tile_cores(x.shape[-2], tile, overlap)
-                        for col in tile_cores(x.shape[-1], tile, overlap)])
+    def compose(h: Tensor) -> Tensor:
+        for stage in stages:
+            h = stage(h)
+        return h
 
-        def step(tile_input: Tensor) -> Tensor:
-            sync.region = next(regions, None)
-            return fn(tile_input)
-
-        return tiled_apply(step, x, scale=scale, tile=tile, overlap=overlap, progress=progress)
-
-    with sync.active():
-        for _ in range(len(sync.norms) if sync_passes is None else sync_passes):
-            run()
-            sync.freeze()
-        return run()
+    return tiled_apply(compose, x, scale=scale, tile=tile, overlap=overlap, progress=progress)

@@ -188,13 +188,12 @@ def test_autoencoder_tiling_seam_metric_flags_a_seam():
     spec = importlib.util.spec_from_file_location("autoencoder_tiling", ROOT / "benchmarks" / "autoencoder_tiling.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    from srkit.tiling import tile_cores
-
     latent, tile, overlap, downscale = 32, 16, 8, 4
+    assert module.seam_lines(latent, tile, overlap, "image") == [16]  # the cut between the two pieces
+    assert module.seam_lines(latent, tile, overlap, "tile") == [12, 20]  # tiles at 0, 8, 16: middles of the overlaps
     full = torch.rand(1, 3, latent * downscale, latent * downscale, generator=torch.Generator().manual_seed(0))
-    seam = round(tile_cores(latent, tile, overlap)[1][2] * downscale)
     tiled = full.clone()
-    tiled[..., seam:] += 0.05  # a jump where two tiles meet
-    on_seams, elsewhere = module.seam_metrics(tiled, full, latent, tile, overlap, downscale)
+    tiled[..., 16 * downscale :] += 0.05  # a jump where two tiles meet
+    on_seams, elsewhere = module.seam_metrics(tiled, full, [16], downscale)
     assert on_seams == pytest.approx(0.05, abs=1e-6) and elsewhere < 1e-6
-    assert module.seam_metrics(full, full, latent, tile, overlap, downscale) == (0.0, 0.0)
+    assert module.seam_metrics(full, full, [16], downscale) == (0.0, 0.0)

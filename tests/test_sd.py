@@ -1,5 +1,4 @@
 import gc
-import itertools
 import json
 import shutil
 import weakref
@@ -11,7 +10,6 @@ from omegaconf import OmegaConf
 from srkit.backends.sd import DIFFUSERS_WEIGHTS, SDVAE, build_component, count_parameters
 from srkit.errors import ConfigError, WeightsNotFoundError
 from srkit.registry import config_dir, instantiate
-from srkit.tiling import tile_cores
 from srkit.weights import load_weights, srkit_home
 
 VAE_SMALL = dict(block_out_channels=[32, 32, 64, 64], layers_per_block=1)
@@ -156,14 +154,6 @@ def test_hub_id_from_the_local_cache_and_controlnet_from_the_unet(diffusers_fold
         build(small("sd_turbo", model_id="someone/absent"))
 
 
-def test_tile_cores_partition_the_axis():
-    cores = tile_cores(40, 16, 8)
-    assert [c[0] for c in cores] == [0, 8, 16, 24]
-    assert cores[0][2] == 0 and cores[-1][3] == 40
-    assert all(a[3] == b[2] for a, b in itertools.pairwise(cores))
-    assert tile_cores(10, 16, 4) == [(0, 10, 0.0, 10.0)]
-
-
 @pytest.mark.slow
 def test_vae_tiled_decode_matches_untiled_without_seams():
     vae = SDVAE(load_weights(build_component("vae", {**yaml("sd_turbo")["vae"], **VAE_SMALL}), "synthetic")).eval()
@@ -171,15 +161,7 @@ def test_vae_tiled_decode_matches_untiled_without_seams():
     with torch.no_grad():
         full = vae.decode(z)
         tiled = vae.decode_tiled(z, tile=16, overlap=8)
-        local = vae.decode_tiled(z, tile=16, overlap=8, sync_passes=0)  # per-tile GroupNorm statistics
+        local = vae.decode_tiled(z, tile=16, overlap=8, statistics="tile")  # per-tile GroupNorm statistics
+    assert (tiled - full).abs().max() < 1e-4  # exact up to float rounding, the seams included
     border = 8 * 8
-    error = (tiled - full).abs()
-    assert error[..., border:-border, border:-border].max() < 1e-2 and error.max() < 1e-2
     assert (local - full).abs()[..., border:-border, border:-border].max() > 1e-2  # what the statistics sync fixes
-    for _, _, lo, _ in tile_cores(32, 16, 8)[1:]:  # seams: where neighbouring cores meet, in pixels
-        seam = round(lo * 8)
-        for axis in (-1, -2):
-            def jump(image, seam=seam, axis=axis):  # the step from one pixel row/column to the next
-                return image.narrow(axis, seam, 1) - image.narrow(axis, seam - 1, 1)
-
-            assert (jump(tiled) - jump(full)).abs().max() < 5e-3

@@ -117,3 +117,134 @@ def test_bad_tiling_arguments(kwargs, match):
 def test_wrong_output_size_is_reported():
     with pytest.raises(TileError, match="expected"):
         tiled_apply(lambda t: t, torch.rand(1, 3, 64, 64), scale=2, tile=32, overlap=8)
+
+
+# ------------------------------------------------------------------------------------------------
+# stagewise_tiled_apply: GroupNorm networks tiled exactly
+
+
+def test_tile_cuts_partition_the_axis_evenly():
+    from srkit.tiling import tile_cuts
+
+    assert tile_cuts(40, 16) == [0, 13, 27, 40]
+    assert tile_cuts(32, 16) == [0, 16, 32]
+    assert tile_cuts(10, 16) == [0, 10]
+
+
+class CountingConv(torch.nn.Conv2d):
+    """A 3x3 convolution that counts the tiles it processed."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, channels, 3, padding=1, dtype=torch.float64)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return super().forward(x)
+
+
+class Block(torch.nn.Module):
+    """GN -> conv -> GN -> conv with a residual: two GroupNorms in sequence, as in the VAE decoders."""
+
+    def __init__(self, channels: int = 8):
+        super().__init__()
+        self.norm1 = torch.nn.GroupNorm(4, channels, dtype=torch.float64)
+        self.conv1 = CountingConv(channels)
+        self.norm2 = torch.nn.GroupNorm(4, channels, dtype=torch.float64)
+        self.conv2 = CountingConv(channels)
+
+    def forward(self, x):
+        return x + self.conv2(F.silu(self.norm2(self.conv1(F.silu(self.norm1(x))))))
+
+
+def group_norm_network(seed: int = 0) -> tuple[list, list[torch.nn.Module]]:
+    """Block, nearest x2 upsampling + conv, block: a decoder-like stack whose statistics differ tile to tile."""
+    torch.manual_seed(seed)
+    first, second = Block(), Block()
+    for block in (first, second):
+        for norm in (block.norm1, block.norm2):  # non-trivial affine parameters
+            torch.nn.init.normal_(norm.weight, 1.0, 0.3)
+            torch.nn.init.normal_(norm.bias, 0.0, 0.3)
+    upsample = CountingConv(8)
+    stages = [first, lambda h: upsample(F.interpolate(h, scale_factor=2.0, mode="nearest")), second]
+    return stages, [first, second]
+
+
+def compose(stages, x):
+    for stage in stages:
+        x = stage(x)
+    return x
+
+
+def ramp_image(height: int, width: int) -> torch.Tensor:
+    """Noise on a brightness ramp, so that every tile's statistics differ from the image's."""
+    ramp = torch.linspace(-2, 2, width, dtype=torch.float64)
+    return torch.randn(2, 8, height, width, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + ramp
+
+
+def test_stagewise_tiling_equals_untiled_group_norm_network():
+    from srkit.tiling import tiled_network_apply
+
+    stages, modules = group_norm_network()
+    x = ramp_image(40, 48)
+    with torch.no_grad():
+        full = compose(stages, x)
+        exact = tiled_network_apply(stages, x, modules, scale=2, tile=16, overlap=8)
+        local = tiled_network_apply(stages, x, modules, scale=2, tile=16, overlap=8, statistics="tile")
+        kept_on_cpu = tiled_network_apply(stages, x, modules, scale=2, tile=16, overlap=8, store="cpu", progress=True)
+    torch.testing.assert_close(exact, full, rtol=0, atol=1e-12)  # every pixel, the borders too
+    torch.testing.assert_close(kept_on_cpu, full, rtol=0, atol=1e-12)
+    assert float((local - full).abs().max()) > 0.1  # per-tile statistics are what the synchronisation fixes
+    assert all("forward" not in vars(norm) for m in modules for norm in m.modules())  # patches removed
+
+
+def test_stagewise_tiling_needs_the_halo():
+    from srkit.tiling import stagewise_tiled_apply
+
+    stages, modules = group_norm_network()
+    x = ramp_image(32, 32)
+    with torch.no_grad():
+        full = compose(stages, x)
+        short = stagewise_tiled_apply(stages, x, modules, tile=16, halo=1)  # a block of two 3x3 convs needs 2
+    assert float((short - full).abs().max()) > 1e-3
+
+
+def test_stagewise_tiling_pays_one_partial_pass_per_group_norm():
+    from srkit.tiling import stagewise_tiled_apply
+
+    stages, (first, second) = group_norm_network()
+    x = torch.randn(1, 8, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        stagewise_tiled_apply(stages, x, [first, second], tile=16)
+    # 4 pieces; pass 1 stops at norm1, pass 2 at norm2 (conv1 ran), pass 3 completes: conv1 twice, conv2 once
+    for block in (first, second):
+        assert (block.conv1.calls, block.conv2.calls) == (8, 4)
+
+
+def test_stagewise_tiling_single_tile_and_bad_arguments():
+    from srkit.tiling import stagewise_tiled_apply, tiled_network_apply
+
+    stages, modules = group_norm_network()
+    x = torch.randn(1, 8, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(stagewise_tiled_apply(stages, x, modules, tile=16), compose(stages, x), rtol=0, atol=0)
+    with pytest.raises(TileError, match="statistics must be 'image'"):
+        tiled_network_apply(stages, x, modules, scale=2, tile=8, overlap=2, statistics="exact")
+    with pytest.raises(TileError, match="tile must be >= 1"):
+        stagewise_tiled_apply(stages, x, modules, tile=0)
+    with pytest.raises(TileError, match="whole factor"):
+        stagewise_tiled_apply([lambda h: h[..., ::2, ::2]], x, modules, tile=8)
+
+
+def test_stagewise_tiling_rejects_stages_whose_group_norms_depend_on_the_tile():
+    from srkit.tiling import stagewise_tiled_apply
+
+    norm = torch.nn.GroupNorm(1, 2, dtype=torch.float64)
+
+    def stage(h):  # the GroupNorm runs on the first tile only
+        return norm(h) if h[..., 0, 0].sum() > 1e3 else h
+
+    x = torch.zeros(1, 2, 16, 16, dtype=torch.float64)
+    x[..., 0, 0] = 1e4
+    with pytest.raises(TileError, match="different GroupNorms on different tiles"):
+        stagewise_tiled_apply([stage], x, [norm], tile=8)

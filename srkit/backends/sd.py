@@ -11,18 +11,15 @@ embedding is computed once with the text encoder (``transformers.CLIPTextModel``
 memory and in ``SRKIT_HOME/prompt_embeds`` (keyed by the model folder and the prompt); the text
 encoder is freed right after, so it never stays in memory.
 
-VAE tiling (``SDVAE.decode_tiled``) uses :func:`srkit.tiling.tiled_apply`, not diffusers'
+VAE tiling (``SDVAE.decode_tiled``) uses :func:`srkit.tiling.tiled_network_apply`, not diffusers'
 ``enable_tiling``. A tiled decoder differs from the untiled one in two global operations: the
 mid-block self-attention and every GroupNorm's statistics (per tile instead of per image; about
 0.1 max abs with srkit-synthetic-v1 weights, so diffusers' tiling cannot meet 1e-2). Here the
 latent-resolution part (``post_quant_conv``, ``conv_in``, mid block with its attention) runs on the
-whole latent, which is 1/64 of the pixels; the up path runs tile by tile with
-:class:`srkit.tiling.GroupNormSync`: statistics passes (two by default) accumulate each GroupNorm's per-group
-sums over the tiles' cores, and the final pass normalises with those image-wide statistics, so
-memory stays proportional to the tile while the result matches the untiled decode (5e-3 max abs
-on a synthetic-weight VAE, against 0.1 with per-tile statistics; each pass costs one tiled decode).
-Tiles are blended with srkit's raised-cosine ramp, whose zero-weight outer quarter hides the tile
-borders' zero padding.
+whole latent, which is 1/64 of the pixels; the up path runs block by block over tiles with a
+halo of context, each GroupNorm with the statistics of the whole image (accumulated over the
+tiles' cores before it is applied), so the result is the untiled decode up to float rounding
+while the accelerator holds one tile's working memory (:func:`srkit.tiling.stagewise_tiled_apply`).
 """
 
 from __future__ import annotations
@@ -30,15 +27,15 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, WeightsNotFoundError
-from ..tiling import synced_tiled_apply
+from ..tiling import tiled_network_apply
 from ..types import Autoencoder
 from ..weights import SYNTHETIC, cache_file, load_weights, resolve, synthetic_tensor
 
@@ -101,29 +98,28 @@ class SDVAE(Autoencoder):
         return self.vae.decode(z / self.scaling_factor).sample
 
     def decode_tiled(
-        self, z: Tensor, *, tile: int = 64, overlap: int = 16, sync_passes: int = 2, progress: bool = False
+        self, z: Tensor, *, tile: int = 64, overlap: int = 16, statistics: Literal["image", "tile"] = "image",
+        store: torch.device | str | None = None, progress: bool = False,
     ) -> Tensor:
         """Decode ``z`` with the up path in tiles of ``tile`` latent pixels (see the module docstring).
 
-        ``sync_passes`` GroupNorm statistics passes precede the final one (0: per-tile statistics,
-        as diffusers' tiling).
+        ``statistics="image"``: exact, block by block with image-wide GroupNorm statistics, the
+        blocks' outputs kept on ``store``; ``"tile"``: independent tiles blended over ``overlap``
+        latent pixels with per-tile statistics, as diffusers' tiling (:func:`srkit.tiling.tiled_network_apply`).
         """
         decoder = self.vae.decoder
-
-        def latent_part(z: Tensor) -> Tensor:  # latent resolution: global attention and GroupNorm, exact
-            h = z / self.scaling_factor
-            if self.vae.post_quant_conv is not None:
-                h = self.vae.post_quant_conv(h)
-            return decoder.mid_block(decoder.conv_in(h))
-
-        def up_path(x: Tensor) -> Tensor:  # the decoder after its mid block
-            for block in decoder.up_blocks:
-                x = block(x)
-            return decoder.conv_out(decoder.conv_act(decoder.conv_norm_out(x)))
-
-        return synced_tiled_apply(
-            up_path, latent_part(z), [*decoder.up_blocks, decoder.conv_norm_out], scale=self.downscale, tile=tile,
-            overlap=overlap, sync_passes=sync_passes, progress=progress,
+        h = z / self.scaling_factor
+        if self.vae.post_quant_conv is not None:
+            h = self.vae.post_quant_conv(h)
+        h = decoder.mid_block(decoder.conv_in(h))  # latent resolution: global attention, run whole
+        stages: list[Callable[[Tensor], Tensor]] = []
+        for block in decoder.up_blocks:  # UpDecoderBlock2D.forward without a time embedding
+            stages += [lambda x, resnet=resnet: resnet(x, None) for resnet in block.resnets]
+            stages += list(block.upsamplers or [])
+        stages.append(lambda x: decoder.conv_out(decoder.conv_act(decoder.conv_norm_out(x))))
+        return tiled_network_apply(
+            stages, h, [*decoder.up_blocks, decoder.conv_norm_out], scale=self.downscale, tile=tile,
+            overlap=overlap, statistics=statistics, store=store, progress=progress,
         )
 
 
