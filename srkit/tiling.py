@@ -204,8 +204,7 @@ class GroupNormSync:
         self._sums = {}
 
     def _core(self, x: Tensor) -> Tensor:
-        if self.region is None:
-            return x
+        assert self.region is not None, "run_stage sets the region of every piece"
         slices = []
         for (start, size, lo, hi), extent in zip(self.region, x.shape[-2:]):
             r = extent / size  # this layer's resolution relative to the tile's input
@@ -305,9 +304,7 @@ def stagewise_tiled_apply(
     if tile < 1 or halo < 0:
         raise TileError(f"tile must be >= 1 and halo >= 0, got tile={tile}, halo={halo}")
     if tile >= x.shape[-2] and tile >= x.shape[-1]:
-        for stage in stages:  # one piece: the untiled computation
-            x = stage(x)
-        return x
+        return _compose(stages, x)  # one piece: the untiled computation
     keep = x.device if store is None else torch.device(store)
     rows, cols = tile_cuts(x.shape[-2], tile), tile_cuts(x.shape[-1], tile)
     h = x.to(keep)
@@ -345,10 +342,10 @@ def tiled_network_apply(
         return stagewise_tiled_apply(stages, x, modules, tile=tile, store=store, progress=progress)
     if statistics != "tile":
         raise TileError(f"statistics must be 'image' (untiled GroupNorm statistics) or 'tile' (per tile), got {statistics!r}")
+    return tiled_apply(lambda h: _compose(stages, h), x, scale=scale, tile=tile, overlap=overlap, progress=progress)
 
-    def compose(h: Tensor) -> Tensor:
-        for stage in stages:
-            h = stage(h)
-        return h
 
-    return tiled_apply(compose, x, scale=scale, tile=tile, overlap=overlap, progress=progress)
+def _compose(stages: Sequence[Callable[[Tensor], Tensor]], x: Tensor) -> Tensor:
+    for stage in stages:
+        x = stage(x)
+    return x
