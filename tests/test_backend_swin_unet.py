@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from _reference import reference
+from _reference import assert_matches_golden, reference
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
@@ -192,11 +192,6 @@ def test_mismatched_checkpoints_name_the_keys(tmp_path):
 # Goldens of the official code in float64 (full 118M-parameter networks; ~1 min each on 2 cores)
 
 
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b|| over the whole tensor."""
-    return float((a - b).norm() / b.norm())
-
-
 @pytest.mark.slow
 def test_resshift_unet_equals_the_official_golden():
     manifest = json.loads(reference("resshift_unet.manifest.json").read_text())
@@ -206,8 +201,7 @@ def test_resshift_unet_equals_the_official_golden():
     with torch.no_grad():  # the two golden calls as one batch (samples are independent)
         out = model(x, torch.cat([golden["timesteps_t3"], golden["timesteps_t1"]]), lq=lq)
     for i, name in enumerate(["out_t3", "out_t1"]):
-        assert relative_error(out[i : i + 1], golden[name]) <= 1e-6
-        torch.testing.assert_close(out[i : i + 1], golden[name], rtol=0, atol=1e-10)
+        assert_matches_golden(out[i : i + 1], golden[name], name=name)
 
 
 @pytest.mark.slow
@@ -221,5 +215,4 @@ def test_lpnsr_noise_predictor_equals_the_official_golden():
     mean, logvar = model.mean_logvar(raw)
     for i, k in enumerate(["t3", "t1"]):
         for name, value in [("raw", raw), ("mean", mean), ("logvar", logvar)]:
-            assert relative_error(value[i : i + 1], golden[f"{name}_{k}"]) <= 1e-6
-            torch.testing.assert_close(value[i : i + 1], golden[f"{name}_{k}"], rtol=0, atol=1e-10)
+            assert_matches_golden(value[i : i + 1], golden[f"{name}_{k}"], name=f"{name}_{k}")

@@ -3,6 +3,7 @@ and the CLI finds its configs after a regular (non-editable) install."""
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 import zipfile
@@ -20,6 +21,23 @@ def test_every_package_folder_is_listed_in_pyproject():
         ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "srkit").rglob("__init__.py")
     }
     assert on_disk | {"srkit.conf"} == listed
+
+
+def venv_with_wheel(venv: Path, wheel: Path) -> Path:
+    """A fresh venv holding the wheel, which imports torch & co. from the running interpreter's site-packages
+    whether the suite runs inside a venv or not (``--system-site-packages`` would see the base interpreter's, not
+    a running venv's). The wheel is installed first, so pip sees no other srkit; the running folders come as
+    plain path lines of a ``.pth`` file, after the venv's own, and their ``.pth`` files (an editable srkit) are
+    not processed: the wheel's srkit is the one imported."""
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
+    venv_site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    running = [p for p in (*site.getsitepackages(), site.getusersitepackages()) if Path(p).is_dir()]
+    Path(venv_site, "running_interpreter.pth").write_text("\n".join(running) + "\n")
+    return python
 
 
 @pytest.mark.slow
@@ -41,9 +59,7 @@ def test_wheel_install_finds_configs(tmp_path):
     assert not any(n.startswith("conf/") for n in names)
 
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
+    python = venv_with_wheel(venv, wheel)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
         [str(venv / "bin" / "srkit"), "sr", "input=x.png", "method.scale=3", "--cfg", "job"],
