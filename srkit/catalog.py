@@ -46,6 +46,7 @@ RESSHIFT = MethodDescriptor(
     dtypes=("float32", "float64"),
     tiling="supported",
     size_multiple=64,
+    value_range=(-1.0, 1.0),
     weights=(
         WeightFile("denoiser", "resshift_realsrx4_s4_v3.pth", source=_RESSHIFT_RELEASE + "resshift_realsrx4_s4_v3.pth",
                    licence=_S_LAB),
@@ -65,6 +66,7 @@ PG_RESSHIFT = MethodDescriptor(
     dtypes=("float32", "float64"),
     tiling="supported",
     size_multiple=64,
+    value_range=(-1.0, 1.0),
     weights=RESSHIFT.weights,
     licence=_S_LAB,
     summary="ResShift with a mean correction mu + alpha Sigma grad KL from a guide image: HR (fidelity) or LR (perception); "
@@ -82,6 +84,7 @@ LPNSR = MethodDescriptor(
     dtypes=("float32", "float64"),
     tiling="supported",
     size_multiple=64,
+    value_range=(-1.0, 1.0),
     weights=(
         *RESSHIFT.weights,
         WeightFile("noise_predictor", "noise_predictor_v2.pth",

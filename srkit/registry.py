@@ -46,21 +46,9 @@ class Entry:
         return import_target(self.target)
 
     def default_config(self) -> dict[str, Any]:
-        """The shipped YAML defaults (with ``_target_``), or the factory's signature defaults."""
-        path = config_dir() / self.kind / f"{self.name}.yaml"
-        if path.is_file():
-            from omegaconf import OmegaConf
-
-            config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-            assert isinstance(config, dict)
-            return _with_defaults(config, where=str(path))
-        factory = self.factory()
-        defaults = {
-            p.name: p.default
-            for p in inspect.signature(factory).parameters.values()
-            if p.default is not p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "weights"
-        }
-        return {"_target_": target_path(factory), **defaults}
+        """The defaults (with ``_target_``) of :func:`default_config_source`, its Hydra ``defaults`` list resolved."""
+        config, path = default_config_source(self)
+        return config if path is None else _with_defaults(config, where=str(path))
 
 
 def _with_defaults(config: dict[str, Any], *, where: str) -> dict[str, Any]:
@@ -330,3 +318,43 @@ def describe(name: str) -> MethodDescriptor:
     if entry.descriptor is None:
         raise ConfigError(f"method {name!r} has no descriptor")
     return entry.descriptor
+
+
+def default_config_file(entry: Entry) -> Path | None:
+    """The YAML file of ``entry``'s defaults: ``conf/<kind>/<name>.yaml`` for a built-in, else
+    ``<name>.yaml`` beside the module of its factory (an installed plugin ships it in its own package).
+    """
+    shipped = config_dir() / entry.kind / f"{entry.name}.yaml"
+    if shipped.is_file():
+        return shipped
+    module_file = getattr(inspect.getmodule(entry.factory()), "__file__", None)
+    if module_file is None:  # e.g. a class defined by `python -c`
+        return None
+    beside = Path(module_file).parent / f"{entry.name}.yaml"
+    return beside if beside.is_file() else None
+
+
+def default_config_source(entry: Entry) -> tuple[dict[str, Any], Path | None]:
+    """``entry``'s defaults as written, a Hydra ``defaults`` list unresolved, and the file they come from.
+
+    From :func:`default_config_file` (``_target_`` added when a plugin's file leaves it to the entry
+    point), or, without a file, the factory's signature defaults (path ``None``). The CLI stores this
+    for Hydra to compose; :meth:`Entry.default_config` resolves the ``defaults`` list itself.
+    """
+    path = default_config_file(entry)
+    if path is None:
+        factory = entry.factory()
+        defaults = {
+            p.name: p.default
+            for p in inspect.signature(factory).parameters.values()
+            if p.default is not p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "weights"
+        }
+        return {"_target_": target_path(factory), **defaults}, None
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path} must be a mapping of {entry.kind} {entry.name!r}'s constructor arguments")
+    if "_target_" not in config:
+        config = {"_target_": target_path(entry.factory()), **config}
+    return config, path

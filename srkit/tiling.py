@@ -59,26 +59,30 @@ def _ramp(length_out: int, scale: float, overlap: int, fade_start: bool, fade_en
     return weight
 
 
-def _pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, int, int]:
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Pad bottom and right to sides that are multiples of ``multiple``: the one padding rule of srkit.
+
+    Reflection keeps image statistics at the border (what the official samplers do); it needs the
+    pad to be smaller than the side, otherwise the edge is replicated.
+    """
     h, w = x.shape[-2:]
     pad_h, pad_w = (-h) % multiple, (-w) % multiple
     if pad_h == 0 and pad_w == 0:
-        return x, h, w
-    # Reflection keeps image statistics at the border (what the official samplers do); it needs
-    # the pad to be smaller than the side, otherwise fall back to replicating the edge.
+        return x
     mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode), h, w
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
 def apply_padded(fn: Callable[[Tensor], Tensor], x: Tensor, *, scale: float, multiple: int = 1) -> Tensor:
     """``fn(x)`` with ``x`` padded to a multiple of ``multiple`` and the output cropped back."""
-    padded, h, w = _pad_to_multiple(x, multiple)
+    h, w = x.shape[-2:]
+    padded = pad_to_multiple(x, multiple)
     out = fn(padded)
     expected = (round(padded.shape[-2] * scale), round(padded.shape[-1] * scale))
     if tuple(out.shape[-2:]) != expected:
         raise TileError(
-            f"the tiled function returned spatial size {tuple(out.shape[-2:])} for input "
-            f"{tuple(padded.shape[-2:])}, expected {expected} at scale {scale}"
+            f"the model returned spatial size {tuple(out.shape[-2:])} for an input of {tuple(padded.shape[-2:])} "
+            f"(padded to a multiple of {multiple}), expected {expected} at scale {scale}"
         )
     return out[..., : round(h * scale), : round(w * scale)]
 

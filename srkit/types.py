@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -24,7 +25,12 @@ from torch import Tensor, nn
 
 from .errors import InvalidImageError, UnsupportedError
 
+ColorFix = Literal["none", "wavelet", "adain", "ycbcr"]  # srkit.ops.color's, named here so importing srkit stays light
+
 Tiling = Literal["supported", "discouraged", "internal"]
+
+# The decoder tile of the sr() call in progress (None: untiled decoding); read by SRMethod.decode_latents.
+_DECODER_TILE: ContextVar[int | None] = ContextVar("srkit_decoder_tile", default=None)
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,8 @@ class MethodDescriptor:
     default_steps: int | None = None
     dtypes: tuple[str, ...] = ("float32",)
     tiling: Tiling = "supported"
-    size_multiple: int = 1  # LR sides must be a multiple of this (padding is applied if not)
+    size_multiple: int = 1  # LR sides must be a multiple of this (sr() pads to it once and crops the result)
+    value_range: tuple[float, float] = (0.0, 1.0)  # the range the method's _sr works in (sr() maps [0, 1] to it and back)
     weights: tuple[WeightFile, ...] = ()
     licence: str = ""  # licence of the weights
     trainable: bool = False
@@ -104,17 +111,22 @@ def check_image_tensor(x: Tensor, *, name: str = "lr", channels: int = 3) -> Ten
 class SRMethod(nn.Module, ABC):
     """A super-resolution method: backbone + sampler + hooks, or a plain regressor.
 
-    Subclasses implement :meth:`_sr` on a batch already validated (and, when tiling, on one tile
-    batch); :meth:`sr` adds validation, seeding, tiling and clamping identically for all methods.
+    :meth:`sr` is the one template every method runs through: validate, seed, tile, pad once to
+    :attr:`size_multiple`, map [0, 1] to the descriptor's ``value_range``, call :meth:`_sr`, map back,
+    crop, check the output is exactly ``scale`` x the input, clamp. Subclasses implement :meth:`_sr` on
+    a batch (or one tile batch) that is already validated, padded and in their range.
     """
 
     descriptor: ClassVar[MethodDescriptor]
 
-    def __init__(self, scale: int):
+    def __init__(self, scale: int, color_fix: ColorFix | None = None):
         super().__init__()
         if int(scale) != scale or scale < 1:
             raise UnsupportedError(f"scale must be a positive integer, got {scale!r}")
         self.scale = int(scale)
+        from .ops.color import check_color_fix
+
+        self.color_fix: ColorFix = check_color_fix(color_fix)
 
     @property
     def device(self) -> torch.device:
@@ -129,9 +141,16 @@ class SRMethod(nn.Module, ABC):
                 return tensor.dtype
         return torch.float32
 
+    @property
+    def size_multiple(self) -> int:
+        """The side multiple :meth:`_sr` needs; :meth:`sr` pads to it (a network built with other widths may
+        need a larger one than the descriptor's)."""
+        return self.descriptor.size_multiple
+
     @abstractmethod
     def _sr(self, lr: Tensor, *, steps: int | None, generator: torch.Generator | None, **knobs: Any) -> Tensor:
-        """Super-resolve a validated batch on the model's device and dtype."""
+        """Super-resolve a validated, padded batch in ``descriptor.value_range`` on the model's device and dtype;
+        returns ``scale`` x its size, in the same range."""
 
     @torch.no_grad()
     def sr(
@@ -143,16 +162,30 @@ class SRMethod(nn.Module, ABC):
         tile: int | None = None,
         tile_overlap: int = 32,
         tile_batch: int = 1,
+        decoder_tile: int | None = None,
+        color_fix: ColorFix | None = None,
         progress: bool = False,
         **knobs: Any,
     ) -> Tensor:
         """Super-resolve ``lr`` (B, 3, h, w) in [0, 1] to (B, 3, s*h, s*w) in [0, 1].
 
         ``seed`` makes stochastic methods deterministic; ``tile`` (LR pixels) bounds memory by
-        processing overlapping tiles blended smoothly (see :func:`srkit.tiling.tiled_apply`).
+        processing overlapping tiles blended smoothly (see :func:`srkit.tiling.tiled_apply`);
+        ``decoder_tile`` (latent pixels) decodes the latents of latent methods with the exact
+        stage-wise tiling (:meth:`Autoencoder.decode_tiled`), so the decoder's memory follows the tile.
+        ``color_fix`` (default: the method's ``color_fix``; ``"none"`` turns it off) corrects the colours of the
+        whole output, after the tiles are merged, against the bicubic upsampling of the LR.
         """
+        from .ops.color import check_color_fix
+        from .ops.color import color_fix as apply_color_fix
+        from .ops.resize import bicubic_upsample
+        from .tiling import apply_padded, tiled_apply
+
         lr = check_image_tensor(lr)
         steps = self._check_steps(steps)
+        fix = self.color_fix if color_fix is None else check_color_fix(color_fix)
+        if decoder_tile is not None and (int(decoder_tile) != decoder_tile or decoder_tile < 8):
+            raise UnsupportedError(f"decoder_tile must be an integer >= 8 latent pixels, got {decoder_tile!r}")
         in_dtype, in_device = lr.dtype, lr.device
         lr = lr.to(self.device, self.dtype)
         generator = None
@@ -160,20 +193,55 @@ class SRMethod(nn.Module, ABC):
             generator = torch.Generator(self.device).manual_seed(int(seed))
 
         def run(x: Tensor) -> Tensor:
-            return self._sr(x, steps=steps, generator=generator, **knobs)
+            return self.from_model_range(self._sr(self.to_model_range(x), steps=steps, generator=generator, **knobs))
 
-        if tile is None:
-            out = run(lr)
-        else:
-            if self.descriptor.tiling == "internal":
-                raise UnsupportedError(f"{self.descriptor.name} tiles internally; call sr() without tile=")
-            from .tiling import tiled_apply
-
-            out = tiled_apply(
-                run, lr, scale=self.scale, tile=tile, overlap=tile_overlap,
-                multiple=self.descriptor.size_multiple, batch_size=tile_batch, progress=progress,
+        token = _DECODER_TILE.set(decoder_tile)
+        try:
+            if tile is None:
+                out = apply_padded(run, lr, scale=self.scale, multiple=self.size_multiple)
+            else:
+                if self.descriptor.tiling == "internal":
+                    raise UnsupportedError(f"{self.descriptor.name} tiles internally; call sr() without tile=")
+                out = tiled_apply(run, lr, scale=self.scale, tile=tile, overlap=tile_overlap, multiple=self.size_multiple,
+                                  batch_size=tile_batch, progress=progress)
+        finally:
+            _DECODER_TILE.reset(token)
+        expected = (lr.shape[0], 3, self.scale * lr.shape[-2], self.scale * lr.shape[-1])
+        if tuple(out.shape) != expected:
+            raise UnsupportedError(
+                f"{self.descriptor.name} returned shape {tuple(out.shape)} for an LR of {tuple(lr.shape)}, expected "
+                f"{expected} (scale {self.scale}); this is a bug in the method, please report it"
             )
+        if fix != "none":
+            out = apply_color_fix(out, bicubic_upsample(lr, self.scale).clamp(0, 1), fix)
         return out.clamp_(0, 1).to(in_device, in_dtype)
+
+    def to_model_range(self, x: Tensor) -> Tensor:
+        """[0, 1] -> ``descriptor.value_range`` (e.g. ResShift's y_0 = (lr - 0.5) / 0.5, bit for bit)."""
+        low, high = self.descriptor.value_range
+        return x if (low, high) == (0.0, 1.0) else x * (high - low) + low
+
+    def from_model_range(self, y: Tensor) -> Tensor:
+        """``descriptor.value_range`` -> [0, 1] (for (-1, 1): y * 0.5 + 0.5, bit for bit)."""
+        low, high = self.descriptor.value_range
+        return y if (low, high) == (0.0, 1.0) else (y - low) / (high - low)
+
+    def prepare(self, lr: Tensor) -> Tensor:
+        """``lr`` in [0, 1] as :meth:`_sr` receives it from :meth:`sr`: padded to :attr:`size_multiple`, in the
+        model's range (for training and analysis code that runs a method's pieces directly)."""
+        from .tiling import pad_to_multiple
+
+        return self.to_model_range(pad_to_multiple(lr, self.size_multiple))
+
+    def forward(self, lr: Tensor, **kwargs: Any) -> Tensor:
+        """``model(lr, ...)`` is :meth:`sr`."""
+        return self.sr(lr, **kwargs)
+
+    @staticmethod
+    def decode_latents(autoencoder: Autoencoder, z: Tensor) -> Tensor:
+        """``autoencoder.decode(z)``, or its exact stage-wise tiled decode when :meth:`sr` got ``decoder_tile``."""
+        tile = _DECODER_TILE.get()
+        return autoencoder.decode(z) if tile is None else autoencoder.decode_tiled(z, tile=tile)
 
     def _check_steps(self, steps: int | None) -> int | None:
         allowed = self.descriptor.steps

@@ -24,7 +24,7 @@ SINUSOID_RTOL = 1e-6
 
 
 def assert_matches_golden(actual: torch.Tensor, golden: torch.Tensor, *, rtol: float = SINUSOID_RTOL, name: str = "") -> None:
-    """Max abs error ≤ ``rtol`` × the golden's max abs value, for outputs downstream of the float32 sinusoid."""
+    """Max abs error <= ``rtol`` x the golden's max abs value, for outputs downstream of the float32 sinusoid."""
     assert actual.shape == golden.shape, f"{name}: shape {tuple(actual.shape)} != golden {tuple(golden.shape)}"
     error = float((actual.double() - golden.double()).abs().max() / golden.double().abs().max())
     assert error <= rtol, f"{name}: relative error {error:.3g} > {rtol:g}"

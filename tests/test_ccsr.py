@@ -92,11 +92,13 @@ def test_guidance_applies_in_the_loop_only(model, lr, monkeypatch):
 
 
 def test_adain_colour_fix_matches_the_upsampled_lr_statistics(model, lr):
-    g = torch.Generator().manual_seed(0)
+    """sr() colour-fixes the whole output (AdaIN, CCSR's default) against the bicubic x4 LR."""
+    fixed = model.sr(lr, steps=1, seed=0)
     with torch.no_grad():
-        fixed = model._sr(lr, steps=1, generator=g)
         up, _ = model.condition(lr, None)
-    torch.testing.assert_close(fixed.mean((2, 3)), up.mean((2, 3)), atol=1e-4, rtol=0)
+    unclamped = fixed.clamp(1e-3, 1 - 1e-3) == fixed
+    assert unclamped.float().mean() > 0.9
+    torch.testing.assert_close(fixed.mean((2, 3)), up.mean((2, 3)), atol=2e-2, rtol=0)
     none = model.sr(lr, steps=1, seed=0, color_fix="none")
     assert not torch.equal(none, model.sr(lr, steps=1, seed=0, color_fix="wavelet"))
 

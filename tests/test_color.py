@@ -64,7 +64,7 @@ def test_reference_is_resized_and_dispatch() -> None:
     assert color_fix(image, small, "none") is image
     assert color_fix(image, small, None) is image
     torch.testing.assert_close(color_fix(image, small, "adain"), adain_color_fix(image, small))
-    with pytest.raises(ConfigError, match="unknown colour fix"):
+    with pytest.raises(ConfigError, match="is not a colour fix"):
         color_fix(image, small, "lab")
     with pytest.raises(InvalidImageError, match="same B and C"):
         color_fix(image, small[:1], "wavelet")

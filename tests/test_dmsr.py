@@ -136,7 +136,7 @@ def test_runs_1_2_and_5_steps_deterministically(model):
         outs[steps] = out
     assert not torch.equal(outs[1], outs[2]) and not torch.equal(outs[2], outs[5])
     with pytest.raises(UnsupportedError, match="no options"):
-        model.sr(lr, color_fix="wavelet")
+        model.sr(lr, strength=1.0)  # a pg-resshift knob
 
 
 def test_multi_step_schedule_is_linear_in_t_hat_and_reuses_eps(model, monkeypatch):

@@ -56,7 +56,7 @@ def test_direction_is_the_mean_gap_to_the_guide_step_at_every_step():
 def _x0_distances(model, monkeypatch, lr, hr, **knobs) -> list[float]:
     """Distance to the HR latent of the x0 each step implies after the correction: (mu_new - coef1 x_t) / coef2."""
     distances: list[float] = []
-    z_hr = model.guide_latent(hr, model.condition(lr))
+    z_hr = model.guide_latent(hr, hr=True)
     call = pg.PosteriorGuidance.__call__
 
     def recording(self, mean, *, variance, t, t_prev, x_t, x0_pred):
@@ -86,12 +86,11 @@ def _planted(model, pairs, alpha: float):
     """A denoiser factory whose x0 lies on the LR->HR line with HR - x0 = alpha (x0 - LR), plus an x_t-dependent wobble."""
     latents = []
     for lr, hr in pairs:
-        condition = model.condition(lr)
-        latents.append((condition.z_y, model.guide_latent(hr, condition)))
+        latents.append((model.condition(model.prepare(lr)).z_y, model.guide_latent(hr, hr=True), lr.shape[-2:]))
 
     def denoiser(condition):
-        z_y, z_hr = next((y, h) for y, h in latents if torch.equal(y, condition.z_y))
-        wobble = 0.02 * float((z_hr - z_y)[..., : condition.height, : condition.width].std())  # small next to the gap
+        z_y, z_hr, (height, width) = next((y, h, size) for y, h, size in latents if torch.equal(y, condition.z_y))
+        wobble = 0.02 * float((z_hr - z_y)[..., :height, :width].std())  # small next to the gap
         return lambda x_t, t: z_y + (z_hr - z_y) / (1 + alpha) + wobble * torch.tanh(x_t)
 
     return denoiser

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from ..backends.sd import DIFFUSERS_WEIGHTS, StableDiffusion, build_component, sd_config
 from ..catalog import CCSR as CCSR_DESCRIPTOR
 from ..errors import ConfigError
-from ..ops.color import ColorFix, color_fix
+from ..ops.color import ColorFix
 from ..samplers.nonuniform import NonUniformSampler
 from ..types import SRMethod
 from ..weights import SYNTHETIC, companion, load_weights, resolve, synthetic_state_dict
@@ -126,7 +126,7 @@ class CCSR(SRMethod):
         discriminator: Mapping[str, Any] | None = None,
         lpips_weights: str | None = None,
     ):
-        super().__init__(scale=4)
+        super().__init__(scale=4, color_fix=color_fix)
         if stage not in (1, 2):
             raise ConfigError(f"ccsr stage must be 1 (ControlNet) or 2 (VAE decoder), got {stage!r}")
         if stage2_recipe not in ("v2", "paper"):
@@ -145,7 +145,6 @@ class CCSR(SRMethod):
 
         self.prompt, self.negative_prompt = prompt, negative_prompt
         self.guidance_scale, self.conditioning_scale = float(guidance_scale), float(conditioning_scale)
-        self.color_fix: ColorFix = color_fix
         self.stage, self.train_t_max, self.stage2_recipe = stage, int(train_t_max), stage2_recipe
         self.disc: nn.Module | None = None
         if for_training and stage == 2:
@@ -210,13 +209,13 @@ class CCSR(SRMethod):
         explicit_n = knobs.pop("T", None)
         n = int(explicit_n) if explicit_n is not None else preset(steps, t_max, t_min) if steps is not None else self.sampler.steps
         guidance = float(knobs.pop("guidance_scale", self.guidance_scale))
-        fix = knobs.pop("color_fix", self.color_fix)
         sampling = knobs.pop("sampling", "nonuniform")
         if knobs:
-            raise ConfigError(f"ccsr has no knobs {sorted(knobs)}; it takes T, t_max, t_min, guidance_scale, color_fix, sampling")
+            raise ConfigError(f"ccsr has no knobs {sorted(knobs)}; "
+                              "it takes T, t_max, t_min, guidance_scale, sampling (and sr()'s color_fix)")
         if sampling not in ("nonuniform", "uniform"):
             raise ConfigError(f"sampling must be 'nonuniform' (CCSR) or 'uniform' (DDPM baseline), got {sampling!r}")
-        up, z_lr = self.condition(lr, generator)
+        _, z_lr = self.condition(lr, generator)
         cond = self._context(lr.shape[0], self.prompt)
         uncond = self._context(lr.shape[0], self.negative_prompt)
 
@@ -235,8 +234,7 @@ class CCSR(SRMethod):
             if steps is not None and len(visited) != steps and explicit_n is None:
                 raise ConfigError(f"no T gives {steps} steps with t_max={t_max}, t_min={t_min} ({n} gives {len(visited)}); pass T=")
             z0 = self.sampler.sample(denoise, z_lr, steps=n, generator=generator, t_max=t_max, t_min=t_min)
-        image = (self.sd.vae.decode(z0) + 1) / 2
-        return color_fix(image, up, fix)
+        return (self.decode_latents(self.sd.vae, z0) + 1) / 2
 
     # ------------------------------------------------------------------ training
 

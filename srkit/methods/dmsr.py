@@ -199,9 +199,6 @@ class DMSR(SRMethod):
         timestep, prompt = knobs.pop("timestep", self.sampler.start_t), knobs.pop("prompt", None)
         if knobs:
             raise UnsupportedError(f"dmsr has no options {sorted(knobs)}; it takes steps=, timestep= and prompt=")
-        height, width = lr.shape[-2:]
-        multiple = self.descriptor.size_multiple
-        lr = F.pad(lr, (0, -width % multiple, 0, -height % multiple), mode="replicate")
         i_lr = upsample(lr, self.scale)
         if timestep is None:
             t_hat = self.estimate(i_lr)
@@ -213,8 +210,7 @@ class DMSR(SRMethod):
         for t in ts[1:]:  # Sec. 4.4: DDIM that reuses ε_SR for every later input
             x_t = self.sampler.q_sample(z, t, eps_sr)
             z = decompose(x_t, self.eps(x_t, t, context), self.alpha_bar(t, z))
-        image = self.sd.vae.decode(z).clamp(-1, 1) * 0.5 + 0.5
-        return image[..., : self.scale * height, : self.scale * width]
+        return self.decode_latents(self.sd.vae, z).clamp(-1, 1) * 0.5 + 0.5
 
     # ------------------------------------------------------------------ training
 

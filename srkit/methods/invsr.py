@@ -32,7 +32,7 @@ and Eq. (11) = L2 + 2.0 latent LPIPS + 0.1 hinge GAN (a UNet discriminator) agai
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,7 @@ from ..backends.invsr_noise_predictor import InvSRNoisePredictor
 from ..backends.sd import StableDiffusion, sd_config
 from ..catalog import INVSR as INVSR_DESCRIPTOR
 from ..errors import ConfigError, UnsupportedError
-from ..ops.color import color_fix
+from ..ops.color import ColorFix
 from ..samplers.ddpm import DDPMSampler
 from ..types import SRMethod
 from ..weights import companion
@@ -54,7 +54,6 @@ PROMPT = ("Cinematic, high-contrast, photo-realistic, 8k, ultra HD, meticulous d
 STEP_TABLE = {1: (200,), 2: (200, 100), 3: (200, 100, 50), 4: (200, 150, 100, 50), 5: (250, 200, 150, 100, 50)}
 START_STEPS = (250, 200, 150, 100)  # S of Sec. 3.2.3: the start steps the predictor is trained for
 LOSS_WEIGHTS = {"l2": 1.0, "lpips_latent": 2.0, "gan": 0.1}  # Eq. (11)
-ColorFix = Literal["none", "wavelet", "adain", "ycbcr"]
 
 
 def upsample(lr: Tensor, scale: int = 4) -> Tensor:
@@ -94,10 +93,8 @@ class InvSR(SRMethod):
         start_estimator: str | None = None,
         estimator_channels: tuple[int, ...] | None = None,
     ):
-        super().__init__(scale=4)
+        super().__init__(scale=4, color_fix=color_fix)
         self.steps = self._check_steps(steps)
-        if color_fix not in ("none", "wavelet", "adain", "ycbcr"):
-            raise ConfigError(f"color_fix must be none, wavelet, adain or ycbcr, got {color_fix!r}")
         unknown = sorted(set(loss_weights or {}) - set(LOSS_WEIGHTS))
         if unknown:
             raise ConfigError(f"unknown invsr loss weights {unknown}; the terms are {', '.join(LOSS_WEIGHTS)}")
@@ -107,7 +104,6 @@ class InvSR(SRMethod):
         self.sampler = sampler if sampler is not None else DDPMSampler()
         if self.sampler.prediction_type != "epsilon":
             raise ConfigError("SD-Turbo predicts noise (Eq. (9)): set sampler.prediction_type=epsilon")
-        self.color_fix = color_fix
         self.start_steps = tuple(int(t) for t in start_steps)
         self.start_estimator = None if start_estimator is None else _load_estimator(start_estimator, estimator_channels)
         self.requires_grad_(False)
@@ -186,21 +182,15 @@ class InvSR(SRMethod):
         explicit = knobs.pop("timesteps", None)
         if knobs:
             raise UnsupportedError(f"invsr has no options {sorted(knobs)}; it takes steps=, start_t=, timesteps= and prompt=")
-        height, width = lr.shape[-2:]
-        multiple = self.descriptor.size_multiple
-        padded = F.pad(lr, (0, -width % multiple, 0, -height % multiple), mode="reflect" if min(height, width) > 16 else "replicate")
         if start_t == "auto":
             start_t = self.auto_start_t(lr)
         ts = self.timesteps(steps or 1, start_t, explicit)
         context = self.sd.prompt_embedding(prompt)
-        z_lr = self.latent_lr(padded, generator)
-        x_start = self.start_state(padded, z_lr, ts[0], generator)
+        z_lr = self.latent_lr(lr, generator)
+        x_start = self.start_state(lr, z_lr, ts[0], generator)
         z = self.sampler.sample(lambda x, t: self.x0(x, t, context), z_lr, generator=generator, x_start=x_start,
                                 timesteps=ts)
-        image = (self.sd.vae.decode(z).clamp(-1, 1) * 0.5 + 0.5)[..., : self.scale * height, : self.scale * width]
-        if self.color_fix != "none":
-            image = color_fix(image, upsample(lr, self.scale), self.color_fix)
-        return image
+        return self.decode_latents(self.sd.vae, z).clamp(-1, 1) * 0.5 + 0.5
 
     # ------------------------------------------------------------------ training (Sec. 3.2.3)
 

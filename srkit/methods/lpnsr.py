@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backends.swin_unet import SwinUNetNoisePredictor
 from ..catalog import LPNSR as DESCRIPTOR
 from ..errors import ConfigError, UnsupportedError
-from ..ops.color import ColorFix, color_fix
+from ..ops.color import ColorFix, check_color_fix
 from ..registry import backend_config
 from ..types import SRMethod
 from .resshift import Condition, ResShift
@@ -147,7 +146,7 @@ class LPNSR(ResShift):
         )
         self.noise_predictor.requires_grad_(False)
         self.pre_upsampler = None if pre_upsampler is None else load_pre_upsampler(pre_upsampler).to(dtype)
-        self.color_fix = color_fix
+        self.color_fix = check_color_fix(color_fix)  # applied by sr() to the whole output
         self.for_training, self.gan_start = for_training, int(gan_start)
         if for_training:
             self._build_losses({"l1": 1.0, "lpips": 1.0, "gan": 0.1, **(loss_weights or {})}, lpips_weights, disc_config)
@@ -187,7 +186,7 @@ class LPNSR(ResShift):
         condition = self.condition(lr)
         sampler = self.sampler_for(condition, gaussian_at=gaussian_at if noise_predictor else range(4))
         z_0 = sampler.sample(self.denoiser(condition), condition.z_y, steps=steps, generator=generator)
-        return self.decode(z_0, condition)
+        return self.decode(z_0)
 
     def sampler_for(self, condition: Condition, gaussian_at: Iterable[int] = ()) -> Any:
         """A copy of the residual-shifting sampler whose noise is g_w's, conditioned on this LR (Eq. (11))."""
@@ -195,21 +194,12 @@ class LPNSR(ResShift):
         sampler.noise = PredictedNoise(self.noise_predictor, condition.y0, gaussian_at)
         return sampler
 
-    def condition(self, lr: Tensor, *, pre_upsample: bool = True) -> Condition:
+    def condition(self, y0: Tensor, *, pre_upsample: bool = True) -> Condition:
         """ResShift's condition, with y from the pre-upsampler when there is one (PreSet-B) and ``pre_upsample``."""
         if self.pre_upsampler is None or not pre_upsample:
-            return super().condition(lr)
-        y0 = self.normalize(lr)
+            return super().condition(y0)
         up = self.pre_upsampler(y0 * 0.5 + 0.5) * 2 - 1  # [-1, 1] -> [0, 1] -> [-1, 1], not clamped (official)
-        return Condition(y0, self.autoencoder.encode(up), *lr.shape[-2:])
-
-    def decode(self, z_0: Tensor, condition: Condition) -> Tensor:
-        """Decode, clamp, map to [0, 1], colour-fix against the bicubic x4 LR (official ``_color_correction``), crop."""
-        image = self.autoencoder.decode(z_0).clamp(-1, 1) * 0.5 + 0.5
-        if self.color_fix not in (None, "none"):
-            reference = F.interpolate(condition.y0, scale_factor=self.scale, mode="bicubic") * 0.5 + 0.5
-            image = color_fix(image, reference, self.color_fix)
-        return image[..., : self.scale * condition.height, : self.scale * condition.width]
+        return Condition(y0, self.autoencoder.encode(up))
 
     # ---------------------------------------------------------------------------------------- training
 
@@ -227,10 +217,10 @@ class LPNSR(ResShift):
     def unroll(self, lr: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Algorithm 1, lines 3-13: the full T-step chain from bicubic y with g_w's noise, differentiable in g_w.
         Returns the final latent x'_0 and its decoding in [0, 1] (not clamped, cropped to the HR size)."""
-        condition = self.condition(lr, pre_upsample=False)
+        condition = self.condition(self.prepare(lr), pre_upsample=False)
         z_0 = self.sampler_for(condition).sample(self.denoiser(condition), condition.z_y, generator=generator)
-        image = self.autoencoder.decode(z_0) * 0.5 + 0.5  # straight-through quantiser: gradients reach z_0
-        return z_0, image[..., : self.scale * condition.height, : self.scale * condition.width]
+        image = self.from_model_range(self.autoencoder.decode(z_0))  # straight-through quantiser: gradients reach z_0
+        return z_0, image[..., : self.scale * lr.shape[-2], : self.scale * lr.shape[-1]]
 
     def losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Eq. (12) on one batch of ``lr`` (B, 3, h, w) and ``hr`` (B, 3, 4h, 4w) in [0, 1]."""

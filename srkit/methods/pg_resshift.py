@@ -12,6 +12,7 @@ Sigma_t * grad D_KL = mu - mu_c = coef2 (x0_pred - z_c).
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ from torch import Tensor
 from ..catalog import PG_RESSHIFT
 from ..errors import ConfigError, InvalidImageError, UnsupportedError
 from ..samplers.residual_shift import ResidualShiftSampler
+from ..tiling import pad_to_multiple
 from ..types import check_image_tensor
-from .resshift import Condition, ResShift, pad_to_multiple
+from .resshift import ResShift
 
 __all__ = [
     "PG_RESSHIFT", "GuidanceScales", "PosteriorGuidance", "PosteriorGuidedResShift", "calibrate", "kl_direction",
@@ -120,14 +122,15 @@ class PosteriorGuidance:
 
 
 class _GuideTiles:
-    """The HR guide cut like the LR: pixel-unshuffled tiles, served in the order the tiler visits the LR tiles."""
+    """The guide cut like the LR: pixel-unshuffled tiles, served in the order the tiler visits the LR tiles.
+    ``factor``: the guide's size over the LR's (``scale`` for an HR guide, 1 for an LR-size one)."""
 
-    def __init__(self, tiles: Iterable[Tensor], scale: int):
+    def __init__(self, tiles: Iterable[Tensor], factor: int):
         self.tiles: Iterator[Tensor] = iter(tiles)
-        self.scale = scale
+        self.factor = factor
 
     def next(self) -> Tensor:
-        return F.pixel_shuffle(next(self.tiles), self.scale)
+        return F.pixel_shuffle(next(self.tiles), self.factor)
 
 
 class PosteriorGuidedResShift(ResShift):
@@ -201,7 +204,7 @@ class PosteriorGuidedResShift(ResShift):
                 tiles = []
                 tiled_apply(lambda x: tiles.append(x) or x.new_zeros(x.shape[0], 1, *(self.scale * s for s in x.shape[-2:])),
                             packed, scale=self.scale, tile=tile, overlap=tile_overlap,
-                            multiple=self.descriptor.size_multiple, batch_size=tile_batch)
+                            multiple=self.size_multiple, batch_size=tile_batch)
             guide = _GuideTiles(tiles, factor)
         return super().sr(lr, guide=guide, tile=tile, tile_overlap=tile_overlap, tile_batch=tile_batch, **kwargs)
 
@@ -215,24 +218,21 @@ class PosteriorGuidedResShift(ResShift):
         if mode is not None:
             _sign(mode)
         condition = self.condition(lr)
-        image = None if isinstance(guide, str) else guide.next()
-        z_c = condition.z_y if image is None else self.guide_latent(image, condition)
+        is_hr = not isinstance(guide, str) and guide.factor != 1
+        z_c = condition.z_y if isinstance(guide, str) else self.guide_latent(guide.next(), hr=is_hr)
         if mode is None:
-            mode = "reference" if image is not None and image.shape[-1] != lr.shape[-1] else "non-reference"
-        self.sampler.mean_correction = PosteriorGuidance(self.sampler, z_c, self.scales, mode=mode, strength=strength)
-        try:
-            z_0 = self.sampler.sample(self.denoiser(condition), condition.z_y, steps=steps, generator=generator)
-        finally:
-            self.sampler.mean_correction = None
-        return self.decode(z_0, condition)
+            mode = "reference" if is_hr else "non-reference"
+        sampler = copy.copy(self.sampler)  # per call: the shared sampler is never mutated
+        sampler.mean_correction = PosteriorGuidance(sampler, z_c, self.scales, mode=mode, strength=strength)
+        z_0 = sampler.sample(self.denoiser(condition), condition.z_y, steps=steps, generator=generator)
+        return self.decode(z_0)
 
-    def guide_latent(self, image: Tensor, condition: Condition) -> Tensor:
-        """z_c of a guide in [0, 1], padded as y_0 is: an HR (output size) is encoded as is, an LR-size image as the
-        chain's y (bicubic x4, then the encoder), so that ``guide=lr`` gives exactly z_y."""
-        multiple = self.multiple
-        if image.shape[-2:] == (self.scale * condition.height, self.scale * condition.width):
-            return self.autoencoder.encode(pad_to_multiple(image * 2 - 1, self.scale * multiple))
-        return self.encode_upsampled(pad_to_multiple(image * 2 - 1, multiple))
+    def guide_latent(self, image: Tensor, *, hr: bool) -> Tensor:
+        """z_c of a guide in [0, 1], padded as y_0 is: an HR (``hr``, output size) is encoded as is, an LR-size image
+        as the chain's y (bicubic x4, then the encoder), so that ``guide=lr`` gives exactly z_y."""
+        if hr:
+            return self.autoencoder.encode(pad_to_multiple(self.to_model_range(image), self.scale * self.size_multiple))
+        return self.encode_upsampled(self.prepare(image))
 
 
 @torch.no_grad()
@@ -255,8 +255,9 @@ def calibrate(model: PosteriorGuidedResShift, pairs: Iterable[Any], *, mode: str
         hr = check_image_tensor(hr, name="hr").to(model.device, model.dtype)
         if hr.shape[-2:] != (model.scale * lr.shape[-2], model.scale * lr.shape[-1]):
             raise InvalidImageError(f"hr {tuple(hr.shape)} must be {model.scale}x its lr {tuple(lr.shape)}")
-        condition = model.condition(lr)
-        z_hr = model.guide_latent(hr, condition)
+        condition = model.condition(model.prepare(lr))
+        z_hr = model.guide_latent(hr, hr=True)
+        height, width = lr.shape[-2:]
         z_c = z_hr if mode == "reference" else condition.z_y
         denoise = model.denoiser(condition)
         x = sampler.prior(condition.z_y, torch.randn(condition.z_y.shape, generator=generator, device=model.device,
@@ -266,7 +267,7 @@ def calibrate(model: PosteriorGuidedResShift, pairs: Iterable[Any], *, mode: str
             mean, _ = sampler.posterior(x, t, t - 1, x0_pred)
             delta = sampler.posterior(x, t, t - 1, z_hr)[0] - mean  # Eq. (9): forward (HR) step mean - model step mean
             g = sign * kl_direction(sampler, mean, z_c, t=t, t_prev=t - 1, x_t=x)
-            delta, g = (v[..., : condition.height, : condition.width].double() for v in (delta, g))
+            delta, g = (v[..., :height, :width].double() for v in (delta, g))
             numerator[t] += (delta * g).sum().cpu()
             denominator[t] += (g * g).sum().cpu()
             x = sampler.step(x, t, t - 1, x0_pred, torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))

@@ -1,7 +1,8 @@
 """ResShift (Yue et al., NeurIPS 2023 / TPAMI 2024): x4 SR by residual shifting in the VQ-f4 latent.
 
 The official inference path (``sampler.py: ResShiftSampler``, shared/reference/README.md sec. 7.1):
-LR in [0, 1] -> y_0 = (lr - 0.5) / 0.5, reflect-padded (bottom, right) to the Swin-UNet's multiple ->
+LR in [0, 1] -> y_0 = (lr - 0.5) / 0.5, reflect-padded (bottom, right) to the Swin-UNet's multiple
+(both done by :meth:`SRMethod.sr`: ``value_range`` (-1, 1), ``size_multiple`` 64) ->
 z_y = encode(bicubic_x4(y_0)) (``F.interpolate``, not quantised) -> the residual-shifting chain
 (:class:`srkit.samplers.residual_shift.ResidualShiftSampler`) with the denoiser conditioned on y_0
 -> decode (quantised) -> clamp to [-1, 1] -> [0, 1] -> crop the padding.
@@ -30,7 +31,7 @@ from ..registry import backend_config
 from ..samplers.residual_shift import ResidualShiftSampler
 from ..types import SRMethod
 
-__all__ = ["CHECKPOINTS", "RESSHIFT", "Condition", "ResShift", "pad_to_multiple"]
+__all__ = ["CHECKPOINTS", "RESSHIFT", "Condition", "ResShift"]
 
 # Denoiser file and schedule of each released x4 real-SR checkpoint, by schedule length T.
 CHECKPOINTS: dict[int, tuple[str, dict[str, float]]] = {
@@ -46,8 +47,6 @@ class Condition:
 
     y0: Tensor  # LR in [-1, 1], padded to the denoiser's multiple (the Swin-UNet's ``lq``)
     z_y: Tensor  # latent of the bicubic x4 upsampling of y0: the chain's y (prior mean)
-    height: int  # LR size before padding
-    width: int
 
 
 class ResShift(SRMethod):
@@ -108,22 +107,17 @@ class ResShift(SRMethod):
             raise UnsupportedError(f"resshift has no options {sorted(knobs)}; it takes steps= and seed=")
         condition = self.condition(lr)
         z_0 = self.sampler.sample(self.denoiser(condition), condition.z_y, steps=steps, generator=generator)
-        return self.decode(z_0, condition)
+        return self.decode(z_0)
 
-    def condition(self, lr: Tensor) -> Condition:
-        """The chain's condition: y_0 in [-1, 1] padded to the denoiser's multiple, and its latent z_y
-        (encoder of the bicubic x4 upsampling, not quantised), as the official sampler computes them."""
-        y0 = self.normalize(lr)
-        return Condition(y0, self.encode_upsampled(y0), *lr.shape[-2:])
+    def condition(self, y0: Tensor) -> Condition:
+        """The chain's condition for y_0 (the LR in [-1, 1], padded to :attr:`size_multiple`): y_0 and its latent
+        z_y (encoder of the bicubic x4 upsampling, not quantised), as the official sampler computes them."""
+        return Condition(y0, self.encode_upsampled(y0))
 
     @property
-    def multiple(self) -> int:
-        """The side multiple y_0 is padded to (official: lq_size = 64)."""
+    def size_multiple(self) -> int:
+        """The side multiple y_0 is padded to (official: lq_size = 64; a retrained Swin-UNet may need more)."""
         return math.lcm(self.descriptor.size_multiple, self.unet.size_multiple)
-
-    def normalize(self, lr: Tensor) -> Tensor:
-        """y_0 = (lr - 0.5) / 0.5, padded (bottom, right) to :attr:`multiple`."""
-        return pad_to_multiple((lr - 0.5) / 0.5, self.multiple)
 
     def encode_upsampled(self, image: Tensor) -> Tensor:
         """z of the bicubic x4 upsampling of ``image`` in [-1, 1] (``F.interpolate``, as officially)."""
@@ -138,17 +132,6 @@ class ResShift(SRMethod):
 
         return denoise
 
-    def decode(self, z_0: Tensor, condition: Condition) -> Tensor:
-        """Decode (quantised), clamp to [-1, 1], map to [0, 1] and crop the padding."""
-        image = self.autoencoder.decode(z_0).clamp(-1, 1) * 0.5 + 0.5
-        return image[..., : self.scale * condition.height, : self.scale * condition.width]
-
-
-def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """Pad bottom and right to a multiple of ``multiple``: reflect as officially, replicate where reflection
-    cannot reach (a side shorter than its padding)."""
-    pad_h, pad_w = -x.shape[-2] % multiple, -x.shape[-1] % multiple
-    if not pad_h and not pad_w:
-        return x
-    mode = "reflect" if pad_h < x.shape[-2] and pad_w < x.shape[-1] else "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+    def decode(self, z_0: Tensor) -> Tensor:
+        """Decode (quantised) and clamp to [-1, 1], as the official sampler does."""
+        return self.decode_latents(self.autoencoder, z_0).clamp(-1, 1)

@@ -15,17 +15,15 @@ the sizes differ. Images are (B, 3, H, W) in any range; the result is not clampe
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError, InvalidImageError
+from ..types import ColorFix
 
-__all__ = ["ColorFix", "adain_color_fix", "color_fix", "wavelet_color_fix", "wavelet_decompose", "ycbcr_color_fix"]
+__all__ = ["ColorFix", "adain_color_fix", "check_color_fix", "color_fix", "wavelet_color_fix", "wavelet_decompose", "ycbcr_color_fix"]
 
-ColorFix = Literal["none", "wavelet", "adain", "ycbcr"]
 
 # BT.601 full-range RGB -> YCbCr (offsets omitted: they cancel in the round trip).
 _RGB_TO_YCBCR = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
@@ -94,11 +92,18 @@ def ycbcr_color_fix(image: Tensor, reference: Tensor) -> Tensor:
     return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(forward), torch.cat([luma, chroma], 1))
 
 
+_FIXES = {"wavelet": wavelet_color_fix, "adain": adain_color_fix, "ycbcr": ycbcr_color_fix}
+
+
+def check_color_fix(kind: str | None) -> ColorFix:
+    """``kind`` as a :data:`ColorFix` (``None`` is ``"none"``), or a clear error."""
+    kind = "none" if kind is None else kind
+    if kind != "none" and kind not in _FIXES:
+        raise ConfigError(f"color_fix={kind!r} is not a colour fix; use one of none, {', '.join(_FIXES)}")
+    return kind  # type: ignore[return-value]
+
+
 def color_fix(image: Tensor, reference: Tensor, kind: ColorFix | None = "wavelet") -> Tensor:
     """Dispatch on ``kind``: ``none``/``None`` returns ``image`` unchanged."""
-    if kind in (None, "none"):
-        return image
-    fixes = {"wavelet": wavelet_color_fix, "adain": adain_color_fix, "ycbcr": ycbcr_color_fix}
-    if kind not in fixes:
-        raise ConfigError(f"unknown colour fix {kind!r}; use one of none, {', '.join(fixes)}")
-    return fixes[kind](image, reference)
+    kind = check_color_fix(kind)
+    return image if kind == "none" else _FIXES[kind](image, reference)

@@ -24,11 +24,12 @@ from functools import lru_cache
 from numbers import Real
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError, InvalidImageError
 
-__all__ = ["contributions", "cubic", "imresize"]
+__all__ = ["bicubic_upsample", "contributions", "cubic", "imresize"]
 
 KERNEL_WIDTH = 4.0  # support of the Keys cubic kernel
 
@@ -174,3 +175,9 @@ def imresize(
     for dim, out_len, axis_scale in passes:
         x = _resize_axis(x, dim, out_len, axis_scale, antialias)
     return x.clone() if x is source else x.to(out_dtype)
+
+
+def bicubic_upsample(x: Tensor, scale: int) -> Tensor:
+    """PyTorch's bicubic upsampling (a = -0.75, no antialiasing), what the official diffusion SR codes feed their
+    encoders and colour fixes; not MATLAB's :func:`imresize`."""
+    return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
