@@ -50,7 +50,7 @@ def naive_invsr(model: Any, lr: Tensor, steps: int, seed: int) -> Tensor:
     (the official Euler sampler, eager mode), sharing ``model``'s modules and prompt embedding."""
     from diffusers import EulerDiscreteScheduler
 
-    from srkit.methods.invsr import STEP_TABLE
+    from srkit.methods.invsr.method import STEP_TABLE
 
     generator = torch.Generator(lr.device).manual_seed(seed)
     vae, unet, sd = model.sd.vae.vae, model.sd.unet, model.sd.vae

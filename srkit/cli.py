@@ -119,7 +119,7 @@ def _bench_task(cfg: Any) -> None:
 
 
 def _calibrate_task(cfg: Any) -> None:
-    from .methods.pg_resshift import run_calibration
+    from .methods.pg_resshift.calibration import run_calibration
 
     run_calibration(cfg)
 

@@ -358,3 +358,15 @@ def default_config_source(entry: Entry) -> tuple[dict[str, Any], Path | None]:
     if "_target_" not in config:
         config = {"_target_": target_path(entry.factory()), **config}
     return config, path
+
+
+def lazy_exports(package: str, names: Mapping[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` for ``package`` that imports ``names[attr]`` (a submodule) on first access, so a
+    method's package can hold its descriptor (read when listing methods) without importing its model code."""
+
+    def __getattr__(attr: str) -> Any:
+        if attr not in names:
+            raise AttributeError(f"module {package!r} has no attribute {attr!r}")
+        return getattr(importlib.import_module(f"{package}.{names[attr]}"), attr)
+
+    return __getattr__

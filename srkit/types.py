@@ -15,12 +15,13 @@ autoencoder can be swapped by name:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import InvalidImageError, UnsupportedError
@@ -66,6 +67,14 @@ class MethodDescriptor:
 
     def supports_dtype(self, dtype: torch.dtype) -> bool:
         return str(dtype).removeprefix("torch.") in self.dtypes
+
+
+def _rides_with(value: Any, lr: Tensor) -> bool:
+    """Whether a knob is an image batch at an integer multiple of the LR's size (cut into tiles with it)."""
+    if not isinstance(value, Tensor) or value.dim() != 4 or value.shape[0] != lr.shape[0]:
+        return False
+    (h, w), (vh, vw) = lr.shape[-2:], value.shape[-2:]
+    return vh % h == 0 and vw % w == 0 and vh // h == vw // w
 
 
 def check_image_tensor(x: Tensor, *, name: str = "lr", channels: int = 3) -> Tensor:
@@ -192,17 +201,28 @@ class SRMethod(nn.Module, ABC):
         if seed is not None:
             generator = torch.Generator(self.device).manual_seed(int(seed))
 
+        # Image-valued knobs (PG-ResShift's HR guide) travel with the LR: pixel-unshuffled to the LR's size and stacked
+        # on its channels, they are padded and cut into tiles exactly as the LR is.
+        riders = {k: v.shape[-1] // lr.shape[-1] for k, v in knobs.items() if _rides_with(v, lr)}
+        stacked = torch.cat([lr, *(F.pixel_unshuffle(knobs[k].to(lr), f) for k, f in riders.items())], 1) if riders else lr
+
         def run(x: Tensor) -> Tensor:
-            return self.from_model_range(self._sr(self.to_model_range(x), steps=steps, generator=generator, **knobs))
+            call_knobs, start = dict(knobs), lr.shape[1]
+            for name, factor in riders.items():
+                width = knobs[name].shape[1] * factor * factor
+                call_knobs[name] = F.pixel_shuffle(x[:, start : start + width], factor)
+                start += width
+            out = self._sr(self.to_model_range(x[:, : lr.shape[1]]), steps=steps, generator=generator, **call_knobs)
+            return self.from_model_range(out)
 
         token = _DECODER_TILE.set(decoder_tile)
         try:
             if tile is None:
-                out = apply_padded(run, lr, scale=self.scale, multiple=self.size_multiple)
+                out = apply_padded(run, stacked, scale=self.scale, multiple=self.size_multiple)
             else:
                 if self.descriptor.tiling == "internal":
                     raise UnsupportedError(f"{self.descriptor.name} tiles internally; call sr() without tile=")
-                out = tiled_apply(run, lr, scale=self.scale, tile=tile, overlap=tile_overlap, multiple=self.size_multiple,
+                out = tiled_apply(run, stacked, scale=self.scale, tile=tile, overlap=tile_overlap, multiple=self.size_multiple,
                                   batch_size=tile_batch, progress=progress)
         finally:
             _DECODER_TILE.reset(token)
@@ -244,9 +264,10 @@ class SRMethod(nn.Module, ABC):
         return autoencoder.decode(z) if tile is None else autoencoder.decode_tiled(z, tile=tile)
 
     def _check_steps(self, steps: int | None) -> int | None:
+        """``steps`` validated against the descriptor, or ``None`` (not given: the method's sampler decides)."""
         allowed = self.descriptor.steps
         if steps is None:
-            return self.descriptor.default_steps
+            return None
         if allowed is None:
             raise UnsupportedError(f"{self.descriptor.name} is not iterative; call sr() without steps=")
         if steps not in allowed:
@@ -311,22 +332,36 @@ Denoiser = Callable[[Tensor, int], Tensor]  # (x_t, t) -> x0 prediction
 class Sampler(ABC):
     """A reverse diffusion chain expressed through its posterior q(x_{t_prev} | x_t, x0).
 
-    Every sampler has the same four operations; methods change behaviour only through the hooks
-    ``noise`` and ``mean_correction`` and never subclass a sampler to do so.
+    One signature for every sampler (k-diffusion in spirit): :meth:`timesteps` turns a step count and
+    the sampler's ``knobs`` into the visited schedule, which is data handed to :meth:`sample`. Methods
+    change behaviour only through the hooks ``noise`` and ``mean_correction`` and never subclass a
+    sampler to do so.
     """
+
+    knobs: ClassVar[tuple[str, ...]] = ()  # per-call options of timesteps(), e.g. ("start_t",)
 
     def __init__(self, noise: NoiseProvider | None = None, mean_correction: MeanCorrection | None = None):
         self.noise: NoiseProvider = noise if noise is not None else GaussianNoise()
         self.mean_correction = mean_correction
-        self.last_timesteps: list[int] = []  # what the latest sample() visited, for inspection
+
+    @property
+    @abstractmethod
+    def default_steps(self) -> int:
+        """The step count of :meth:`timesteps` when none is given."""
+
+    @property
+    def schedule_is_configured(self) -> bool:
+        """Whether the sampler's own settings fix the schedule (a timesteps list, a start step), so that a method's
+        default timestep hook yields to them."""
+        return False
 
     @abstractmethod
     def timesteps(self, steps: int | None = None, **knobs: Any) -> list[int]:
         """Decreasing timesteps visited by the reverse chain (the final target is -1 / x0)."""
 
     @abstractmethod
-    def prior(self, y: Tensor, noise: Tensor) -> Tensor:
-        """The starting state x_T given the condition ``y`` and standard normal ``noise``."""
+    def prior(self, y: Tensor, noise: Tensor, t: int | None = None) -> Tensor:
+        """The state x_t at timestep ``t`` (default: the chain's last) given the condition ``y`` and standard normal ``noise``."""
 
     @abstractmethod
     def posterior(self, x_t: Tensor, t: int, t_prev: int, x0_pred: Tensor) -> tuple[Tensor, Tensor]:
@@ -344,17 +379,19 @@ class Sampler(ABC):
     def sample(
         self,
         denoise: Denoiser,
-        y: Tensor,
+        y: Tensor | None,
         *,
-        steps: int | None = None,
-        generator: torch.Generator | None = None,
+        timesteps: Sequence[int] | None = None,
         x_start: Tensor | None = None,
-        **knobs: Any,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Run the whole chain; ``x_start`` replaces the prior (partial start from a given state)."""
-        ts = self.last_timesteps = self.timesteps(steps, **knobs)
+        """Run the chain over ``timesteps`` (default: :meth:`timesteps`) from ``x_start`` (default: the
+        :meth:`prior` of ``y`` at the first visited timestep, from ``generator``)."""
+        ts = self.timesteps() if timesteps is None else [int(t) for t in timesteps]
         if x_start is None:
-            x_start = self.prior(y, torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype))
+            if y is None:
+                raise UnsupportedError("sample() needs y (the condition) or x_start")
+            x_start = self.prior(y, torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype), ts[0])
         x = x_start
         for t, t_prev in zip(ts, [*ts[1:], -1]):
             x0_pred = denoise(x, t)

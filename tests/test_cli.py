@@ -33,7 +33,7 @@ def test_cfg_job_reflects_overrides(tmp_path):
     result = srkit("sr", "input=a.png", "method=bicubic", "method.scale=2", "tile=128", "--cfg", "job")
     assert result.returncode == 0, result.stderr
     assert "scale: 2" in result.stdout and "tile: 128" in result.stdout
-    assert "_target_: srkit.methods.bicubic.Bicubic" in result.stdout
+    assert "_target_: srkit.methods.bicubic.method.Bicubic" in result.stdout
 
 
 def test_folder_run_resumes_and_reports_bad_files(tmp_path):

@@ -9,6 +9,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
 import srkit
 from srkit.errors import ConfigError, UnsupportedError
 from srkit.samplers.ddpm import DDPMSampler, spaced_timesteps
+from srkit.samplers.schedule import resolve_timesteps
 
 SD = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 NO_CLIP = {"clip_sample": False}  # SD configs do not clip x0 (diffusers' DDPM/DDIM defaults do)
@@ -93,8 +94,9 @@ def test_sample_records_timesteps_and_partial_start() -> None:
     sampler = DDPMSampler(steps=3, start_t=300, eta=1.0)
     target = torch.rand(1, 4, 4, 4, dtype=torch.float64)
     start = sampler.q_sample(target, 300, torch.randn_like(target))
-    out = sampler.sample(lambda x, t: target, target, x_start=start, generator=torch.Generator().manual_seed(0))
-    assert sampler.last_timesteps == [300, 200, 100]
+    visited = []
+    out = sampler.sample(lambda x, t: visited.append(t) or target, target, x_start=start, generator=torch.Generator().manual_seed(0))
+    assert visited == sampler.timesteps() == [300, 200, 100]  # the default schedule: steps from the start_t setting
     torch.testing.assert_close(out, target)  # a perfect denoiser: every posterior mean collapses onto x0
 
 
@@ -110,3 +112,28 @@ def test_forward_moments() -> None:
 def test_registry_builds_ddpm_with_overrides() -> None:
     sampler = srkit.build("sampler", "ddpm", start_t=200, steps=3)
     assert sampler.timesteps() == [200, 133, 67]
+
+
+def test_one_resolver_refuses_steps_that_disagree_with_the_schedule() -> None:
+    sampler = DDPMSampler()
+    assert resolve_timesteps(sampler, None, [200, 100, 50]) == [200, 100, 50]
+    assert resolve_timesteps(sampler, 3, start_t=300) == [300, 200, 100]
+    with pytest.raises(ConfigError, match=r"steps=3 and timesteps=\[250, 200, 150, 100, 50\] \(5 values\) disagree"):
+        resolve_timesteps(sampler, 3, [250, 200, 150, 100, 50])
+    with pytest.raises(ConfigError, match="disagree"):
+        DDPMSampler(timesteps=[199, 99]).timesteps(3)
+    with pytest.raises(ConfigError, match="nothing for the sampler options"):
+        resolve_timesteps(sampler, None, [200], start_t=100)
+    with pytest.raises(ConfigError, match="strictly decreasing"):
+        resolve_timesteps(sampler, None, [100, 200])
+
+
+def test_renoise_forgets_x_t_and_lands_on_q_of_the_x0_estimate() -> None:
+    sampler = DDPMSampler(renoise=True)
+    x, x0 = torch.randn(2, 1, 4, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    mean, variance = sampler.posterior(x, 500, 250, x0)
+    torch.testing.assert_close(mean, sampler.alpha_bar(250, x).sqrt() * x0)
+    torch.testing.assert_close(variance, 1 - sampler.alpha_bar(250, x))
+    torch.testing.assert_close(sampler.posterior(2 * x, 500, 250, x0)[0], mean)  # x_t plays no part
+    noise = torch.randn_like(x)
+    torch.testing.assert_close(sampler.step(x, 500, 250, x0, noise), sampler.q_sample(x0, 250, noise))

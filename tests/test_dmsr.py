@@ -9,10 +9,12 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 import srkit
-from srkit.backends.dmsr_modules import VGG19_FILE, TimestepAwareEncoder, TimestepEstimator, expected_timestep
 from srkit.backends.sd import build_component
+from srkit.diffusion import Chain
 from srkit.errors import ConfigError, UnsupportedError, WeightsNotFoundError
-from srkit.methods.dmsr import DMSR_FILE, PROMPT, decompose, estimate_start_t, upsample
+from srkit.methods.dmsr.hooks import DMSR_FILE, EstimatedStart, EstimatedTimesteps
+from srkit.methods.dmsr.method import PROMPT
+from srkit.methods.dmsr.modules import VGG19_FILE, TimestepAwareEncoder, TimestepEstimator, expected_timestep
 from srkit.registry import config_dir
 from srkit.samplers.ddpm import DDPMSampler
 from srkit.train import Trainer
@@ -63,9 +65,9 @@ def test_eq2_recovers_the_hr_latent_from_its_noised_version():
     def denoiser(x, t):  # a μ_ψ that returns the true noise
         return eps
 
-    torch.testing.assert_close(decompose(x_t, denoiser(x_t, t), abar), x_hr)
-    # the same as the sampler's epsilon -> x0 conversion at a single t
-    torch.testing.assert_close(decompose(x_t[:1], eps[:1], abar[:1]), sampler.predict_x0(eps[:1], x_t[:1], 37))
+    # Eq. (2), Z = (X^t - sqrt(1 - abar) eps) / sqrt(abar), is the sampler's epsilon -> x0 conversion
+    torch.testing.assert_close(sampler.predict_x0(denoiser(x_t, t), x_t, t), x_hr)
+    torch.testing.assert_close((x_t[:1] - (1 - abar[:1]).sqrt() * eps[:1]) / abar[:1].sqrt(), sampler.predict_x0(eps[:1], x_t[:1], 37))
 
 
 def test_eq10_expected_timestep_is_in_range_and_one_hot_gives_the_bin():
@@ -140,25 +142,28 @@ def test_runs_1_2_and_5_steps_deterministically(model):
 
 
 def test_multi_step_schedule_is_linear_in_t_hat_and_reuses_eps(model, monkeypatch):
-    torch.testing.assert_close(model.schedule(torch.tensor([300, 40]), 5),
-                               torch.tensor([[300, 240, 180, 120, 60], [40, 32, 24, 16, 8]]).T)
-    assert model.schedule(torch.tensor([0]), 1).tolist() == [[1]]  # t̂ = 0 still takes one step at t = 1
+    estimated = EstimatedTimesteps()
+    for t_hat, steps, expected in [([300, 40], 5, [[300, 240, 180, 120, 60], [40, 32, 24, 16, 8]]), ([0], 1, [[1]])]:
+        monkeypatch.setattr(model, "estimate", lambda i_lr, t_hat=t_hat: torch.tensor(t_hat))
+        chain = Chain(torch.zeros(len(t_hat), 3, 8, 8), None, None, {"i_lr": None})
+        assert estimated(model, chain, model.sampler, steps) == expected  # t̂ = 0 still takes one step at t = 1
+    monkeypatch.undo()
     seen = []
     original = model.eps
 
     def spy(x_t, t, context):
-        seen.append((x_t.clone(), t.clone()))
+        seen.append((x_t.clone(), t))
         return original(x_t, t, context)
 
     monkeypatch.setattr(model, "eps", spy)
     lr = torch.rand(1, 3, 8, 8)
-    model.sr(lr, steps=2, timestep=300)
+    model.sr(lr, steps=2, start_t=300)
     (x0, t0), (x1, t1) = seen
-    assert t0.tolist() == [300] and t1.tolist() == [150]
-    abar0, abar1 = (model.alpha_bar(t, x0) for t in (t0, t1))
+    assert t0 == 300 and t1 == 150
+    abar0, abar1 = (model.sampler.alpha_bar(t, x0) for t in (t0, t1))
     with torch.no_grad():
         eps_sr = original(x0, t0, model.sd.prompt_embedding())
-    z0 = decompose(x0, eps_sr, abar0)
+    z0 = (x0 - (1 - abar0).sqrt() * eps_sr) / abar0.sqrt()  # Eq. (2)
     torch.testing.assert_close(x1, abar1.sqrt() * z0 + (1 - abar1).sqrt() * eps_sr)  # Sec. 4.4: ε_SR reused
 
 
@@ -166,18 +171,20 @@ def test_fixed_timestep_prompt_and_odd_sizes(model):
     lr = torch.rand(2, 3, 6, 10)
     base = model.sr(lr)
     assert base.shape == (2, 3, 24, 40)
-    assert not torch.equal(model.sr(lr, timestep=50), model.sr(lr, timestep=450))  # Table 3
+    assert not torch.equal(model.sr(lr, start_t=50), model.sr(lr, start_t=450))  # Table 3
     assert not torch.equal(model.sr(lr, prompt="an old photograph"), base)  # Table 7
     assert model.sd.prompt == PROMPT
     fixed = tiny(sampler={"start_t": 250})
-    torch.testing.assert_close(fixed.sr(lr), fixed.sr(lr, timestep=250))
+    torch.testing.assert_close(fixed.sr(lr), fixed.sr(lr, start_t=250))
 
 
-def test_estimate_start_t_for_invsr(model):
+def test_estimated_start_snaps_the_mean_t_hat_for_another_method(model, tmp_path):
+    path = tmp_path / "dmsr.safetensors"
+    model.save_weights(path)
+    hook = EstimatedStart(str(path), channels=TINY["estimator_channels"], snap_to=range(1, 500))
     lr = torch.rand(2, 3, 8, 8)
-    start_t = estimate_start_t(model.estimator, lr)
-    assert isinstance(start_t, int) and 1 <= start_t <= 499
-    assert start_t == max(1, round(float(model.estimator(upsample(lr)).mean())))
+    t_hat = float(model.estimator(model.upsample(lr)).mean())
+    assert hook.start_t(lr) == round(t_hat) or abs(hook.start_t(lr) - t_hat) <= 0.5
 
 
 def test_weights_round_trip_and_missing_file(model, tmp_path):
@@ -246,7 +253,7 @@ def test_discriminator_sees_the_lr_image_as_condition(monkeypatch):
     method.discriminator_losses(batch)
     assert len(calls) == 3  # Eq. (5) fake; Eq. (4) real and fake
     for lr in calls:
-        torch.testing.assert_close(lr, upsample(batch["lr"]))
+        torch.testing.assert_close(lr, method.upsample(batch["lr"]))
     z, lr = torch.randn(1, 4, 4, 4), torch.rand(1, 3, 32, 32, requires_grad=True)
     method.disc(z, lr).sum().backward()
     assert lr.grad is not None and float(lr.grad.abs().sum()) > 0  # the output depends on the condition
@@ -273,7 +280,7 @@ def test_estimator_stage_regresses_the_timestep_target(tmp_path, target):
     assert set(method.trainable_modules()) == {"estimator"} and method.discriminator_modules() == {}
     data = Pairs(4, size=16)
     batch = {k: torch.stack([data[i][k] for i in range(4)]) for k in ("lr", "hr")}
-    goal = method.timestep_target_of(upsample(batch["lr"]), batch["hr"])
+    goal = method.timestep_target_of(method.upsample(batch["lr"]), batch["hr"])
     assert goal.shape == (4,) and float(goal.min()) >= 0 and float(goal.max()) <= 499
     before = total_loss(method, batch)
     Trainer(method, data, output_dir=tmp_path, max_steps=10, batch_size=4, lr=1e-2, progress=False,

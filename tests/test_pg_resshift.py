@@ -9,7 +9,8 @@ from test_resshift import TINY_UNET, TINY_VQ
 import srkit
 from srkit.errors import ConfigError, InvalidImageError, UnsupportedError
 from srkit.methods import pg_resshift as pg
-from srkit.methods.resshift import ResShift
+from srkit.methods.resshift.method import ResShift
+from srkit.samplers.residual_shift import ResidualShiftSampler
 
 UNET = {**TINY_UNET, "attention_resolutions": []}  # the tiny denoiser without its Swin block: 4x faster on CPU
 
@@ -44,7 +45,7 @@ def test_kl_gradient_is_the_autograd_gradient_of_the_gaussian_kl():
 
 
 def test_direction_is_the_mean_gap_to_the_guide_step_at_every_step():
-    sampler = pg.ResidualShiftSampler(steps=4)
+    sampler = ResidualShiftSampler(steps=4)
     g = torch.Generator().manual_seed(1)
     x_t, x0, z_c = (torch.randn(1, 3, 8, 8, generator=g, dtype=torch.float64) for _ in range(3))
     for t in range(4):
@@ -56,8 +57,8 @@ def test_direction_is_the_mean_gap_to_the_guide_step_at_every_step():
 def _x0_distances(model, monkeypatch, lr, hr, **knobs) -> list[float]:
     """Distance to the HR latent of the x0 each step implies after the correction: (mu_new - coef1 x_t) / coef2."""
     distances: list[float] = []
-    z_hr = model.guide_latent(hr, hr=True)
-    call = pg.PosteriorGuidance.__call__
+    z_hr = model.encode_guide(hr, hr=True)
+    call = pg.PosteriorGuidanceStep.__call__
 
     def recording(self, mean, *, variance, t, t_prev, x_t, x0_pred):
         out = call(self, mean, variance=variance, t=t, t_prev=t_prev, x_t=x_t, x0_pred=x0_pred)
@@ -66,7 +67,7 @@ def _x0_distances(model, monkeypatch, lr, hr, **knobs) -> list[float]:
         return out
 
     with monkeypatch.context() as patch:
-        patch.setattr(pg.PosteriorGuidance, "__call__", recording)
+        patch.setattr(pg.PosteriorGuidanceStep, "__call__", recording)
         model.sr(lr, seed=7, guide=hr, **knobs)
     assert len(distances) == model.sampler.num_steps
     return distances
@@ -86,10 +87,10 @@ def _planted(model, pairs, alpha: float):
     """A denoiser factory whose x0 lies on the LR->HR line with HR - x0 = alpha (x0 - LR), plus an x_t-dependent wobble."""
     latents = []
     for lr, hr in pairs:
-        latents.append((model.condition(model.prepare(lr)).z_y, model.guide_latent(hr, hr=True), lr.shape[-2:]))
+        latents.append((model.condition(model.prepare(lr), None).y, model.encode_guide(hr, hr=True), lr.shape[-2:]))
 
-    def denoiser(condition):
-        z_y, z_hr, (height, width) = next((y, h, size) for y, h, size in latents if torch.equal(y, condition.z_y))
+    def denoiser(chain):
+        z_y, z_hr, (height, width) = next((y, h, size) for y, h, size in latents if torch.equal(y, chain.y))
         wobble = 0.02 * float((z_hr - z_y)[..., :height, :width].std())  # small next to the gap
         return lambda x_t, t: z_y + (z_hr - z_y) / (1 + alpha) + wobble * torch.tanh(x_t)
 

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 import srkit
 from srkit.errors import ConfigError, WeightsNotFoundError
-from srkit.methods import realesrgan as rg
-from srkit.methods.realesrgan import VARIANTS, RealESRGAN
+from srkit.methods.realesrgan import method as rg
+from srkit.methods.realesrgan.method import VARIANTS, RealESRGAN
 from srkit.ops.resize import imresize
 from srkit.registry import METHODS
 
@@ -45,7 +45,7 @@ def _high_frequency_energy(x: torch.Tensor) -> float:
 
 def test_default_config_mirrors_the_constructor():
     config = METHODS.get("realesrgan").default_config()
-    assert config == {"_target_": "srkit.methods.realesrgan.RealESRGAN", "variant": "x4plus", "pre_pad": 10}
+    assert config == {"_target_": "srkit.methods.realesrgan.method.RealESRGAN", "variant": "x4plus", "pre_pad": 10}
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -137,10 +137,10 @@ def test_fewer_steps_start_from_lpnsr_eq3_on_the_same_tables():
     for k in (1, 2, 3):
         assert sampler.timesteps(k) == list(range(k - 1, -1, -1))
         seen.clear()
-        out = sampler.sample(denoise, y, steps=k, generator=torch.Generator().manual_seed(7))
+        out = sampler.sample(denoise, y, timesteps=sampler.timesteps(k), generator=torch.Generator().manual_seed(7))
         eps = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
         start = y + (2.0 * sampler.sqrt_etas[k - 1]).float().double() * eps
-        assert [t for t, _ in seen] == list(range(k - 1, -1, -1)) and sampler.last_timesteps == [t for t, _ in seen]
+        assert [t for t, _ in seen] == list(range(k - 1, -1, -1))
         torch.testing.assert_close(seen[0][1], start, atol=1e-12, rtol=0)
         assert torch.equal(out, torch.zeros_like(y))  # the last step returns x0_pred
     torch.testing.assert_close(sampler.prior(y, eps), sampler.prior(y, eps, t=3), atol=0, rtol=0)
@@ -164,10 +164,10 @@ def test_optimal_noise_recovers_x0_exactly_eq21():
     for steps in (4, 3, 2):
         states.clear()
         sampler.noise = OptimalNoise(sampler, x0, y)
-        out = sampler.sample(denoise, y, steps=steps, generator=torch.Generator().manual_seed(0))
+        out = sampler.sample(denoise, y, timesteps=sampler.timesteps(steps), generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(out, x0, atol=1e-9, rtol=0)
         for t, x in states[1:]:
             torch.testing.assert_close(x, (1 - sampler.etas[t]) * x0 + sampler.etas[t] * y, atol=1e-9, rtol=0)
         sampler.noise = ResidualShiftSampler().noise  # Gaussian
-        miss = sampler.sample(denoise, y, steps=steps, generator=torch.Generator().manual_seed(0))
+        miss = sampler.sample(denoise, y, timesteps=sampler.timesteps(steps), generator=torch.Generator().manual_seed(0))
         assert float((miss - x0).abs().mean()) > 0.05

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from srkit import registry
 from srkit.errors import UnsupportedError, WeightsNotFoundError
-from srkit.methods.resshift import ResShift
+from srkit.methods.resshift.method import ResShift
 
 
 def _vq_ddconfig() -> dict:

@@ -10,10 +10,12 @@ from srkit.types import GaussianNoise, Sampler, check_image_tensor
 class HalfwaySampler(Sampler):
     """A toy chain with a known posterior: mean = (x_t + x0) / 2, variance = 1/4."""
 
-    def timesteps(self, steps=None, **knobs):
-        return list(range((steps or 3) - 1, -1, -1))
+    default_steps = 3
 
-    def prior(self, y, noise):
+    def timesteps(self, steps=None, **knobs):
+        return list(range((steps or self.default_steps) - 1, -1, -1))
+
+    def prior(self, y, noise, t=None):
         return y + noise
 
     def posterior(self, x_t, t, t_prev, x0_pred):
@@ -30,12 +32,12 @@ def test_sampler_uses_its_hooks_and_no_noise_at_the_last_step():
     y = torch.zeros(1, 1, 2, 2)
     target = torch.ones_like(y)
     sampler = HalfwaySampler(noise=zero_noise)
-    out = sampler.sample(lambda x, t: target, y, steps=3, x_start=torch.zeros_like(y))
+    out = sampler.sample(lambda x, t: target, y, timesteps=[2, 1, 0], x_start=torch.zeros_like(y))
     assert calls == [(2, 1), (1, 0)]  # the final step (t_prev = -1) draws no noise
     torch.testing.assert_close(out, torch.full_like(y, 1 - 0.5**3))
 
     shifted = HalfwaySampler(noise=zero_noise, mean_correction=lambda mean, **kw: mean + 1.0)
-    out_shifted = shifted.sample(lambda x, t: target, y, steps=3, x_start=torch.zeros_like(y))
+    out_shifted = shifted.sample(lambda x, t: target, y, timesteps=[2, 1, 0], x_start=torch.zeros_like(y))
     # each correction is halved by every later step: 1 + 1/2 + 1/4
     torch.testing.assert_close(out_shifted - out, torch.full_like(y, 1.75))
 

@@ -21,7 +21,6 @@ method provides (InvSR Eq. (8), CCSR's LR start, DM-SR's encoder output).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import pairwise
 from typing import Any, Literal
 
 import torch
@@ -29,6 +28,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, UnsupportedError
 from ..types import MeanCorrection, NoiseProvider, Sampler
+from .schedule import check_timesteps
 
 __all__ = ["DDPMSampler", "Spacing", "spaced_timesteps"]
 
@@ -67,8 +67,10 @@ class DDPMSampler(Sampler):
 
     The denoiser given to :meth:`sample` returns the x0 prediction; :meth:`predict_x0` converts an
     epsilon or v network output. Tables are float64 (diffusers computes ``alphas_cumprod`` in
-    float32: those float32 values, widened).
+    float32: those float32 values, widened). ``renoise`` replaces every step by :meth:`renoised`.
     """
+
+    knobs = ("start_t",)
 
     def __init__(
         self,
@@ -83,6 +85,7 @@ class DDPMSampler(Sampler):
         beta_end: float = 0.012,
         beta_schedule: str = "scaled_linear",
         prediction_type: Prediction = "epsilon",
+        renoise: bool = False,
         noise: NoiseProvider | None = None,
         mean_correction: MeanCorrection | None = None,
     ):
@@ -101,35 +104,29 @@ class DDPMSampler(Sampler):
         self.alphas_cumprod = scheduler.alphas_cumprod.double()
         self.num_train_timesteps = num_train_timesteps
         self.steps, self.start_t, self.spacing, self.steps_offset = steps, start_t, spacing, steps_offset
-        self.fixed_timesteps = None if timesteps is None else self._check_timesteps(timesteps)
-        self.eta, self.prediction_type = float(eta), prediction_type
+        self.fixed_timesteps = None if timesteps is None else check_timesteps(timesteps, upper=num_train_timesteps)
+        self.eta, self.prediction_type, self.renoise = float(eta), prediction_type, bool(renoise)
 
-    def _check_timesteps(self, timesteps: Sequence[int]) -> list[int]:
-        ts = [int(t) for t in timesteps]
-        if not ts or any(a <= b for a, b in pairwise(ts)) or ts[-1] < 0 or ts[0] >= self.num_train_timesteps:
-            raise ConfigError(
-                f"timesteps must be strictly decreasing in [0, {self.num_train_timesteps - 1}], got {list(timesteps)}"
-            )
-        return ts
+    @property
+    def default_steps(self) -> int:
+        return len(self.fixed_timesteps) if self.fixed_timesteps is not None else int(self.steps)
+
+    @property
+    def schedule_is_configured(self) -> bool:
+        return self.fixed_timesteps is not None or self.start_t is not None
 
     def timesteps(self, steps: int | None = None, **knobs: Any) -> list[int]:
-        """The visited timesteps. Knobs (per call): ``timesteps`` (explicit list) or ``start_t``.
-
-        Precedence: a ``timesteps`` knob, the constructor's ``timesteps``, then ``steps``
-        (argument, else the constructor's) spaced from ``start_t`` or over the whole range.
-        """
-        explicit = knobs.pop("timesteps", None)
+        """The visited timesteps: the constructor's ``timesteps`` list, or ``steps`` (default: the constructor's)
+        spaced from the knob ``start_t`` (a partial chain; default: the constructor's) or over the whole range."""
         start_t = knobs.pop("start_t", self.start_t)
         if knobs:
-            raise UnsupportedError(f"the DDPM sampler has no options {sorted(knobs)}; it takes timesteps= and start_t=")
-        if explicit is not None:
-            ts = self._check_timesteps(explicit)
-        elif self.fixed_timesteps is not None and steps in (None, len(self.fixed_timesteps)):
-            ts = list(self.fixed_timesteps)
-        else:
-            ts = spaced_timesteps(steps or self.steps, num_train_timesteps=self.num_train_timesteps, spacing=self.spacing,
-                                  steps_offset=self.steps_offset, start_t=start_t)
-        return ts
+            raise UnsupportedError(f"the DDPM sampler has no options {sorted(knobs)}; it takes start_t=")
+        if self.fixed_timesteps is not None and start_t is None:
+            if steps not in (None, len(self.fixed_timesteps)):
+                raise ConfigError(f"steps={steps} and the sampler's timesteps {self.fixed_timesteps} disagree; pass only one")
+            return list(self.fixed_timesteps)
+        return spaced_timesteps(self.default_steps if steps is None else steps, num_train_timesteps=self.num_train_timesteps,
+                                spacing=self.spacing, steps_offset=self.steps_offset, start_t=start_t)
 
     # ---------------------------------------------------------------- tables
 
@@ -170,15 +167,25 @@ class DDPMSampler(Sampler):
 
     # ---------------------------------------------------------------- the chain
 
-    def prior(self, y: Tensor, noise: Tensor) -> Tensor:
-        """x at the last training timestep from ``y``: q_sample(y, T - 1) (CCSR v2's LR start; for
-        y = 0 the text-to-image start sqrt(1 - abar_T) noise)."""
-        return self.q_sample(y, self.num_train_timesteps - 1, noise)
+    def prior(self, y: Tensor, noise: Tensor, t: int | None = None) -> Tensor:
+        """q(x_t | x_0 = y) at ``t`` (default: the last training timestep): CCSR v2's LR start at T; for y = 0 the
+        text-to-image start sqrt(1 - abar_T) noise."""
+        return self.q_sample(y, self.num_train_timesteps - 1 if t is None else t, noise)
+
+    def renoised(self, x_t: Tensor, t_prev: int, x0_pred: Tensor) -> tuple[Tensor, Tensor]:
+        """The step that forgets x_t and re-noises the x0 estimate to ``t_prev``: mean sqrt(abar_prev) x0,
+        variance 1 - abar_prev, so x_prev = q_sample(x0, t_prev, noise) (multistep consistency sampling; DM-SR
+        Sec. 4.4 with the reused noise eps_SR; CCSR's jump from T to t_max)."""
+        abar_prev = self.alpha_bar(t_prev, x_t)
+        return abar_prev.sqrt() * x0_pred, 1 - abar_prev
 
     def posterior(self, x_t: Tensor, t: int, t_prev: int, x0_pred: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and variance of the DDIM(eta) step t -> t_prev (DDPM posterior at eta = 1)."""
+        """Mean and variance of the DDIM(eta) step t -> t_prev (DDPM posterior at eta = 1; :meth:`renoised` if
+        ``renoise``)."""
         if t_prev >= t:
             raise UnsupportedError(f"the reverse chain goes to smaller timesteps, got t={t}, t_prev={t_prev}")
+        if self.renoise:
+            return self.renoised(x_t, t_prev, x0_pred)
         abar_t, abar_prev = self.alpha_bar(t, x_t), self.alpha_bar(t_prev, x_t)
         variance = self.eta**2 * (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)
         eps = self.predict_eps(x_t, t, x0_pred)

@@ -27,7 +27,7 @@ from ..errors import ConfigError, UnsupportedError
 from ..types import MeanCorrection, NoiseProvider
 from .ddpm import DDPMSampler, Prediction, Spacing, spaced_timesteps
 
-__all__ = ["NonUniformSampler", "nonuniform_timesteps"]
+__all__ = ["NonUniformSampler", "chain_length_for", "nonuniform_timesteps"]
 
 
 def nonuniform_timesteps(steps: int, t_max: float, t_min: float, *, start: int = 999, num_train_timesteps: int = 1000,
@@ -50,17 +50,21 @@ def nonuniform_timesteps(steps: int, t_max: float, t_min: float, *, start: int =
 class NonUniformSampler(DDPMSampler):
     """CCSR's chain: one evaluation at ``start`` (T), a jump to t_max, uniform DDPM steps to t_min.
 
-    ``steps`` is N (the paper's T, the number of uniform timesteps of the full chain), ``t_max`` and
-    ``t_min`` the fractions of it kept and truncated (CCSR Sec. III-B, Tables II-III); both can be
-    changed per call as knobs of :meth:`timesteps` / :meth:`sample`. The other arguments are
-    :class:`DDPMSampler`'s, listed so that conf/sampler/nonuniform.yaml mirrors them (defaults:
-    SD 2.1-base's scaled-linear schedule, leading spacing with ``steps_offset`` 1, epsilon
-    prediction, ``eta`` 1); its ``timesteps``/``start_t`` do not apply.
+    ``steps`` is S, the number of network evaluations (default 2, CCSR-S2); the knobs ``T`` (N, the
+    paper's T: the number of uniform timesteps of the full chain), ``t_max`` and ``t_min`` (the
+    fractions of it kept and truncated; CCSR Sec. III-B, Tables II-III) shape the chain. Without ``T``,
+    N is picked so that S = (t_max - t_min) N + 1 (Sec. III-D): S = 2 is N = 6, S = 3 and 4 are Table II's
+    N = 12 and 18, S = 1 is the official one-step mode (only T). A ``T`` whose chain has another length
+    than a given ``steps`` is an error. The other arguments are :class:`DDPMSampler`'s, listed so that
+    conf/sampler/nonuniform.yaml mirrors them (defaults: SD 2.1-base's scaled-linear schedule, leading
+    spacing with ``steps_offset`` 1, epsilon prediction, ``eta`` 1); its ``timesteps``/``start_t`` do not apply.
     """
+
+    knobs = ("T", "t_max", "t_min")
 
     def __init__(
         self,
-        steps: int = 6,
+        steps: int = 2,
         t_max: float = 2 / 3,
         t_min: float = 0.5,
         start: int = 999,
@@ -83,27 +87,45 @@ class NonUniformSampler(DDPMSampler):
         self.timesteps()  # validate the defaults now
 
     def timesteps(self, steps: int | None = None, **knobs: Any) -> list[int]:
-        """[T, loop...] for N = ``steps`` (default: the constructor's); knobs ``t_max``, ``t_min``."""
+        """[T, loop...] with ``steps`` evaluations (default: the constructor's) or for the knob ``T`` = N;
+        knobs ``t_max``, ``t_min`` (default: the constructor's)."""
         t_max = float(knobs.pop("t_max", self.t_max))
         t_min = float(knobs.pop("t_min", self.t_min))
+        chain_length = knobs.pop("T", None)
         if knobs:
-            raise UnsupportedError(f"the non-uniform sampler has no options {sorted(knobs)}; it takes t_max= and t_min=")
-        return nonuniform_timesteps(steps or self.steps, t_max, t_min, start=self.start,
-                                    num_train_timesteps=self.num_train_timesteps, spacing=self.spacing,
-                                    steps_offset=self.steps_offset)
+            raise UnsupportedError(f"the non-uniform sampler has no options {sorted(knobs)}; it takes T=, t_max= and t_min=")
+        if chain_length is None:
+            chain_length = chain_length_for(self.default_steps if steps is None else steps, t_max, t_min)
+        ts = nonuniform_timesteps(int(chain_length), t_max, t_min, start=self.start, num_train_timesteps=self.num_train_timesteps,
+                                  spacing=self.spacing, steps_offset=self.steps_offset)
+        if steps is not None and len(ts) != steps:
+            raise ConfigError(f"T={chain_length} with t_max={t_max:.4g}, t_min={t_min:.4g} visits {ts} ({len(ts)} evaluations), "
+                              f"not steps={steps}; pass steps or T")
+        return ts
 
     def uniform(self) -> DDPMSampler:
         """The same diffusion (tables, prediction type, eta, hooks) with uniform ``trailing`` timesteps
         from T: ``steps`` S visits [999, ...] with S evaluations, the uniform-sampling baseline of
         CCSR's stability comparison (Table I's V1, without non-uniform sampling)."""
-        sampler = DDPMSampler(spacing="trailing", steps_offset=0, eta=self.eta, num_train_timesteps=self.num_train_timesteps,
-                              prediction_type=self.prediction_type, noise=self.noise, mean_correction=self.mean_correction)
+        sampler = DDPMSampler(steps=self.steps, spacing="trailing", steps_offset=0, eta=self.eta,
+                              num_train_timesteps=self.num_train_timesteps, prediction_type=self.prediction_type,
+                              noise=self.noise, mean_correction=self.mean_correction)
         sampler.alphas_cumprod = self.alphas_cumprod
         return sampler
 
     def posterior(self, x_t: Tensor, t: int, t_prev: int, x0_pred: Tensor) -> tuple[Tensor, Tensor]:
-        """The jump T -> t_max is q(x_tmax | x̂0←T) (x_T is dropped); other steps are DDPM posteriors."""
+        """The jump T -> t_max re-noises x̂0←T (x_T is dropped); other steps are DDPM posteriors."""
         if t == self.start and t_prev >= 0:
-            abar_prev = self.alpha_bar(t_prev, x_t)
-            return abar_prev.sqrt() * x0_pred, 1 - abar_prev
+            return self.renoised(x_t, t_prev, x0_pred)
         return super().posterior(x_t, t, t_prev, x0_pred)
+
+
+def chain_length_for(steps: int, t_max: float, t_min: float) -> int:
+    """N such that the chain has ``steps`` = S = (t_max - t_min) N + 1 evaluations (1 for CCSR-S1)."""
+    if int(steps) != steps or steps < 1:
+        raise ConfigError(f"CCSR needs steps >= 1, got {steps}")
+    if steps == 1:
+        return 1
+    if t_max <= t_min:
+        raise ConfigError(f"t_max={t_max} <= t_min={t_min} leaves no loop steps; use steps=1 or a larger t_max")
+    return round((steps - 1) / (t_max - t_min))

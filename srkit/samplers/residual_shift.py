@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, UnsupportedError
-from ..types import Denoiser, MeanCorrection, NoiseProvider, Sampler
+from ..types import MeanCorrection, NoiseProvider, Sampler
 
 __all__ = ["OptimalNoise", "ResidualShiftSampler", "eta_schedule"]
 
@@ -93,6 +93,10 @@ class ResidualShiftSampler(Sampler):
         f32 = self.etas.float()
         self.input_std = (f32 * self.kappa**2 + 1).sqrt()  # float32, as the official _scale_input
 
+    @property
+    def default_steps(self) -> int:
+        return self.num_steps
+
     def timesteps(self, steps: int | None = None, **knobs: Any) -> list[int]:
         """Step indices k-1 .. 0 for ``steps`` = k <= T (default T); k < T starts from LPNSR Eq. (3)."""
         if knobs:
@@ -119,14 +123,6 @@ class ResidualShiftSampler(Sampler):
         """x_t = y + kappa sqrt(eta_t) eps at step index ``t`` (default T-1): ResShift's prior at t = T, LPNSR
         Eq. (3) below it (the forward marginal Eq. (2) with the unknown x_0 replaced by y)."""
         return y + self._const(self.kappa * self.sqrt_etas, self.num_steps - 1 if t is None else t, y) * noise
-
-    def sample(self, denoise: Denoiser, y: Tensor, *, steps: int | None = None, generator: torch.Generator | None = None,
-               x_start: Tensor | None = None, **knobs: Any) -> Tensor:
-        """The shared loop, started (unless ``x_start`` is given) from :meth:`prior` at the first visited step."""
-        if x_start is None:
-            start = self.timesteps(steps, **knobs)[0]
-            x_start = self.prior(y, torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype), t=start)
-        return super().sample(denoise, y, steps=steps, generator=generator, x_start=x_start, **knobs)
 
     def q_sample(self, x0: Tensor, y: Tensor, t: int, noise: Tensor) -> Tensor:
         """A draw of q(x_t | x_0, y_0) = N(x_0 + eta_t (y_0 - x_0), kappa^2 eta_t I) (ResShift Eq. (2))."""

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
-from ..weights import load_weights
+from ...errors import ConfigError
+from ...weights import load_weights
 
 __all__ = ["WEIGHTS_FILE", "WEIGHTS_HUB_ID", "InvSRNoisePredictor", "TimeAwareEncoder"]
 

@@ -30,58 +30,46 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backends.dmsr_modules import NUM_BINS, VGG19_CHANNELS, TimestepAwareEncoder, TimestepEstimator
-from ..backends.sd import StableDiffusion, sd_config
-from ..catalog import DMSR as DMSR_DESCRIPTOR
-from ..errors import ConfigError, UnsupportedError
-from ..samplers.ddpm import DDPMSampler
-from ..types import SRMethod
-from ..weights import SYNTHETIC, companion, load_state_dict, load_state_dict_strict, synthetic_state_dict
+from ...backends.sd import StableDiffusion, sd_config
+from ...diffusion import Chain, DiffusionMethod, MeanCorrectionHook, NoiseHook, StartState, TimestepProvider
+from ...errors import ConfigError, UnsupportedError
+from ...ops.resize import bicubic_upsample
+from ...samplers.ddpm import DDPMSampler
+from ...types import Denoiser
+from ...weights import SYNTHETIC, companion, load_state_dict, load_state_dict_strict, synthetic_state_dict
+from . import DESCRIPTOR
+from .hooks import DMSR_FILE, EncodedStart, EstimatedTimesteps, ReusedNoise
+from .modules import NUM_BINS, VGG19_CHANNELS, TimestepAwareEncoder, TimestepEstimator
 
-__all__ = ["DMSR", "DMSR_FILE", "LOSS_WEIGHTS", "PROMPT", "decompose", "estimate_start_t", "upsample"]
+__all__ = ["DMSR", "LOSS_WEIGHTS", "PROMPT"]
 
 PROMPT = "High-quality, high-contrast, photo-realistic, clean, sharp, highly-detailed, perfect, 8k, ultra HD"  # footnote 1
-DMSR_FILE = "dmsr_sdturbo.safetensors"
 LOSS_WEIGHTS = {"l1": 1.0, "lpips_latent": 2.0, "gan": 0.1, "dm": 0.5, "noise": 1.0}  # Eq. (3), (9); App. A.2
 DM_TIMESTEPS = (1, 500)  # L_dm's expectation over t ∈ [1, 500] (Eq. (7))
 Stage = Literal["encoder", "estimator"]
 TimestepTarget = Literal["lpips", "l1", "ssim"]
 
 
-def upsample(lr: Tensor, scale: int = 4) -> Tensor:
-    """I_LR: the LR image bicubic-upsampled ``scale`` times, in [0, 1]."""
-    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
-
-
-def decompose(x_t: Tensor, eps: Tensor, alpha_bar: Tensor) -> Tensor:
-    """Eq. (2): Z = (X^t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t), the image part of a noisy latent."""
-    return (x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
-
-
-@torch.no_grad()
-def estimate_start_t(estimator: TimestepEstimator, lr: Tensor, *, scale: int = 4) -> int:
-    """DM-SR's t̂ for an LR batch in [0, 1] (rounded mean over the batch, at least 1): a start
-    timestep for another SD-Turbo method, e.g. InvSR's ``start_t="auto"``."""
-    t_hat = estimator(upsample(lr.to(estimator.head.weight), scale))
-    return max(1, round(float(t_hat.mean())))
-
-
-class DMSR(SRMethod):
+class DMSR(DiffusionMethod):
     """DM-SR x4 on SD-Turbo; see the module docstring.
 
     ``weights``: SD-Turbo (see :class:`srkit.backends.sd.StableDiffusion`); ``"synthetic"`` also makes
     every other unspecified weight synthetic. ``backend_config`` is merged into
     ``conf/backend/sd_turbo.yaml`` (e.g. smaller ``vae``/``unet`` for tests), ``estimator_channels``
-    sets T's VGG19 widths. ``sampler`` supplies the noise schedule, ``start_t`` (a fixed t instead of
-    t̂, Table 3) and ``timesteps`` (an explicit schedule); its ``eta`` is unused (the reuse loop has no
-    noise). ``for_training`` builds the loss networks of ``stage``: ``latent_lpips_weights``
+    sets T's VGG19 widths. ``sampler`` supplies the noise schedule (default: DDPM with ``renoise``, the
+    reuse loop of Sec. 4.4; ``conf/sampler/renoise.yaml``); the knobs ``start_t`` (a fixed t instead of t̂,
+    Table 3) and ``timesteps`` (an explicit schedule) replace the ``timesteps`` hook (default
+    :class:`~.hooks.EstimatedTimesteps`); ``start_state`` (:class:`~.hooks.EncodedStart`) and ``noise``
+    (:class:`~.hooks.ReusedNoise`) are DM-SR's too. ``for_training`` builds the loss networks of ``stage``: ``latent_lpips_weights``
     (InvSR's ``vgg16_sdturbo_lpips.pth``), ``discriminator`` (keyword arguments of
     :class:`srkit.losses.discriminators.ControlNetDiscriminator`), and for the estimator stage
     ``timestep_target`` scaled by ``timestep_scale`` and clamped to [0, 499] (``lpips_net`` /
     ``lpips_weights``: the pixel LPIPS backbone). A ``loss_weights`` entry of 0 drops that term.
     """
 
-    descriptor = DMSR_DESCRIPTOR
+    descriptor = DESCRIPTOR
+    sampler_type = DDPMSampler
+    method_knobs = ("prompt",)
 
     def __init__(
         self,
@@ -102,8 +90,15 @@ class DMSR(SRMethod):
         timestep_scale: float = 500.0,
         lpips_net: Literal["alex", "vgg"] = "alex",
         lpips_weights: str | None = None,
+        timesteps: TimestepProvider | None = None,
+        start_state: StartState | None = None,
+        noise: NoiseHook | None = None,
+        mean_correction: MeanCorrectionHook | None = None,
     ):
-        super().__init__(scale=4)
+        sampler = sampler if sampler is not None else DDPMSampler(renoise=True)
+        super().__init__(4, sampler=sampler, timesteps=timesteps if timesteps is not None else EstimatedTimesteps(),
+                         start_state=start_state if start_state is not None else EncodedStart(),
+                         noise=noise if noise is not None else ReusedNoise(), mean_correction=mean_correction)
         if stage not in ("encoder", "estimator"):
             raise ConfigError(f"dmsr stage must be 'encoder' or 'estimator', got {stage!r}")
         if timestep_target not in ("lpips", "l1", "ssim"):
@@ -113,7 +108,6 @@ class DMSR(SRMethod):
             raise ConfigError(f"unknown dmsr loss weights {unknown}; the terms are {', '.join(LOSS_WEIGHTS)}")
 
         self.sd = StableDiffusion(**sd_config("sd_turbo", backend_config, prompt=prompt, weights=weights))
-        self.sampler = sampler if sampler is not None else DDPMSampler()
         if self.sampler.prediction_type != "epsilon":
             raise ConfigError("DM-SR's decomposition (Eq. (2)) needs an epsilon-predicting UNet: set sampler.prediction_type=epsilon")
         init = dmsr_weights is not None and str(dmsr_weights) == "init"
@@ -152,9 +146,9 @@ class DMSR(SRMethod):
 
     def _build_losses(self, latent_lpips: str | None, discriminator: Mapping[str, Any] | None, lpips_net: str,
                       lpips_weights: str | None) -> None:
-        from ..losses.composer import AdversarialTerm, LossComposer
-        from ..losses.discriminators import ControlNetDiscriminator
-        from ..losses.lpips import LatentLPIPS, PixelLPIPS
+        from ...losses.composer import AdversarialTerm, LossComposer
+        from ...losses.discriminators import ControlNetDiscriminator
+        from ...losses.lpips import LatentLPIPS, PixelLPIPS
 
         if self.stage == "estimator":
             if self.timestep_target == "lpips":
@@ -170,47 +164,43 @@ class DMSR(SRMethod):
 
     # ------------------------------------------------------------------ the model
 
-    def alpha_bar(self, t: Tensor, like: Tensor) -> Tensor:
-        """ᾱ_t per sample, (B, 1, 1, 1), from the sampler's table."""
-        return self.sampler.alpha_bar(t, like)
-
-    def eps(self, x_t: Tensor, t: Tensor, context: Tensor) -> Tensor:
+    def eps(self, x_t: Tensor, t: int | Tensor, context: Tensor) -> Tensor:
         """μ_ψ(x_t, t): the frozen UNet's noise prediction, conditioned on a prompt embedding."""
         return self.sd.unet(x_t, t, encoder_hidden_states=context.expand(x_t.shape[0], -1, -1)).sample
+
+    def upsample(self, lr: Tensor) -> Tensor:
+        """I_LR: the LR image in [0, 1] bicubic-upsampled x4 (the paper's 512² from a 128² patch)."""
+        return bicubic_upsample(lr, self.scale).clamp(0, 1)
 
     def estimate(self, i_lr: Tensor) -> Tensor:
         """t̂ (B,) as the integer the UNet takes (Eq. (10), rounded)."""
         return self.estimator(i_lr).round().long().clamp(0, NUM_BINS - 1)
 
     def encode(self, i_lr: Tensor, t: Tensor, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """X_SR^t (E_θ), ε_SR and Z_SR (Eq. (2)) of I_LR in [0, 1] at timesteps ``t`` (B,)."""
+        """X_SR^t (E_θ), ε_SR and Z_SR (Eq. (2): the image part, the sampler's x0 of an ε prediction) of I_LR in
+        [0, 1] at timesteps ``t`` (B,)."""
         x_sr = self.encoder(i_lr * 2 - 1, t)
         eps_sr = self.eps(x_sr, t, context)
-        return x_sr, eps_sr, decompose(x_sr, eps_sr, self.alpha_bar(t, x_sr))
+        return x_sr, eps_sr, self.sampler.predict_x0(eps_sr, x_sr, t)
 
-    def schedule(self, t_hat: Tensor, steps: int) -> Tensor:
-        """(steps, B) visited timesteps: the sampler's partial chain from each t̂ (at least ``steps``)."""
-        columns = [self.sampler.timesteps(steps, start_t=max(int(t), steps)) for t in t_hat.tolist()]
-        if any(len(c) != steps for c in columns):
-            raise ConfigError(f"the sampler's explicit timesteps {columns[0]} do not match steps={steps}")
-        return torch.tensor(columns, device=t_hat.device, dtype=torch.long).T
+    def condition(self, lr: Tensor, generator: torch.Generator | None, *, prompt: str | None = None, **knobs: Any) -> Chain:
+        """I_LR and the prompt embedding (footnote 1's unless ``prompt``); the chain starts from the encoder, so it
+        has no prior mean. Inference is deterministic: ``seed`` has no effect."""
+        return Chain(lr, None, generator, {"i_lr": self.upsample(lr), "context": self.sd.prompt_embedding(prompt)})
 
-    def _sr(self, lr: Tensor, *, steps: int | None, generator: torch.Generator | None, **knobs: Any) -> Tensor:
-        timestep, prompt = knobs.pop("timestep", self.sampler.start_t), knobs.pop("prompt", None)
-        if knobs:
-            raise UnsupportedError(f"dmsr has no options {sorted(knobs)}; it takes steps=, timestep= and prompt=")
-        i_lr = upsample(lr, self.scale)
-        if timestep is None:
-            t_hat = self.estimate(i_lr)
-        else:
-            t_hat = torch.full((lr.shape[0],), int(timestep), device=lr.device, dtype=torch.long)
-        ts = self.schedule(t_hat, steps or 1)
-        context = self.sd.prompt_embedding(prompt)
-        _, eps_sr, z = self.encode(i_lr, ts[0], context)
-        for t in ts[1:]:  # Sec. 4.4: DDIM that reuses ε_SR for every later input
-            x_t = self.sampler.q_sample(z, t, eps_sr)
-            z = decompose(x_t, self.eps(x_t, t, context), self.alpha_bar(t, z))
-        return self.decode_latents(self.sd.vae, z).clamp(-1, 1) * 0.5 + 0.5
+    def denoiser(self, chain: Chain) -> Denoiser:
+        """Z = Eq. (2) of the UNet's ε; the first ε is ε_SR, kept for :class:`~.hooks.ReusedNoise`."""
+        context = chain.extras["context"]
+
+        def denoise(x_t: Tensor, t: int) -> Tensor:
+            eps = self.eps(x_t, t, context)
+            chain.extras.setdefault("eps_sr", eps)
+            return self.sampler.predict_x0(eps, x_t, t)
+
+        return denoise
+
+    def decode(self, z_0: Tensor, chain: Chain) -> Tensor:
+        return self.decode_latents(self.sd.vae, z_0).clamp(-1, 1) * 0.5 + 0.5
 
     # ------------------------------------------------------------------ training
 
@@ -228,7 +218,7 @@ class DMSR(SRMethod):
 
     def timestep_target_of(self, i_lr: Tensor, hr: Tensor) -> Tensor:
         """The ground-truth timestep (Sec. 3.1, Table 5): the I_LR-I_HR distance times ``timestep_scale``."""
-        from ..metrics.fidelity import ssim
+        from ...metrics.fidelity import ssim
 
         with torch.no_grad():
             if self.timestep_target == "lpips":
@@ -241,7 +231,7 @@ class DMSR(SRMethod):
 
     def losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         self._check_training()
-        i_lr, hr = upsample(batch["lr"], self.scale), batch["hr"]
+        i_lr, hr = self.upsample(batch["lr"]), batch["hr"]
         if self.stage == "estimator":
             return {"timestep": F.mse_loss(self.estimator(i_lr), self.timestep_target_of(i_lr, hr))}
         context = self.sd.prompt_embedding()
@@ -257,9 +247,9 @@ class DMSR(SRMethod):
             return self.eps(x, t, context)
 
         def alpha_bar(t: Tensor) -> Tensor:
-            return self.alpha_bar(t, z_sr)
+            return self.sampler.alpha_bar(t, z_sr)
 
-        from ..losses.distribution import distribution_matching_loss, noise_loss
+        from ...losses.distribution import distribution_matching_loss, noise_loss
 
         if self.loss_weights["dm"]:
             t = torch.randint(DM_TIMESTEPS[0], DM_TIMESTEPS[1] + 1, (z_sr.shape[0],), device=z_sr.device)
@@ -271,11 +261,11 @@ class DMSR(SRMethod):
 
     def discriminator_losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Eq. (4): D_ϕ(X_HR^0, I_LR) real, D_ϕ(Z_SR, I_LR) fake (Z_SR recomputed without gradients)."""
-        from ..losses.gan import discriminator_loss
+        from ...losses.gan import discriminator_loss
 
         if self.disc is None:
             raise UnsupportedError("this dmsr model has no discriminator (stage 'estimator' or loss weight gan=0)")
-        i_lr = upsample(batch["lr"], self.scale)
+        i_lr = self.upsample(batch["lr"])
         with torch.no_grad():
             x_hr = self.sd.vae.encode(batch["hr"] * 2 - 1)
             z_sr = self.encode(i_lr, self.estimate(i_lr), self.sd.prompt_embedding())[2]

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError, WeightsNotFoundError
-from ..weights import SYNTHETIC, load_state_dict, synthetic_tensor
+from ...errors import ConfigError, WeightsNotFoundError
+from ...weights import SYNTHETIC, load_state_dict, synthetic_tensor
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "NUM_BINS", "VGG19_CHANNELS", "VGG19_FILE", "TimestepAwareEncoder",

@@ -7,10 +7,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..catalog import BICUBIC
-from ..errors import ConfigError
-from ..ops.resize import imresize
-from ..types import SRMethod
+from ...errors import ConfigError
+from ...ops.resize import imresize
+from ...types import SRMethod
+from . import DESCRIPTOR
 
 __all__ = ["Bicubic"]
 
@@ -23,7 +23,7 @@ class Bicubic(SRMethod):
     ``srkit.load('bicubic', device=..., dtype=...)``. It is not part of the state dict.
     """
 
-    descriptor = BICUBIC
+    descriptor = DESCRIPTOR
 
     def __init__(self, scale: int = 4, antialias: bool = True):
         super().__init__(scale)

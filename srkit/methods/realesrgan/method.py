@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..catalog import REALESRGAN
-from ..errors import ConfigError, WeightsNotFoundError
-from ..types import SRMethod
+from ...errors import ConfigError, WeightsNotFoundError
+from ...types import SRMethod
+from . import DESCRIPTOR
 
 __all__ = ["PACKAGE", "SYNTHETIC_SEED", "VARIANTS", "RealESRGAN", "Variant", "package_model_dir"]
 
@@ -96,7 +96,7 @@ def _variant(name: str) -> Variant:
 
 def _synthetic_state(variant: Variant) -> dict[str, Tensor]:
     """Seeded random weights of the variant's network (independent of torch's global RNG)."""
-    from ..weights.ncnn import target_model
+    from .ncnn import target_model
 
     generator = torch.Generator().manual_seed(SYNTHETIC_SEED)
     state: dict[str, Tensor] = {}
@@ -135,7 +135,7 @@ class RealESRGAN(SRMethod):
     its partner next to it, or to a folder holding the variant's ncnn files.
     """
 
-    descriptor = REALESRGAN
+    descriptor = DESCRIPTOR
 
     def __init__(self, variant: str = "x4plus", weights: str | None = None, pre_pad: int = 10):
         spec = _variant(variant)
@@ -153,8 +153,8 @@ class RealESRGAN(SRMethod):
 
     @staticmethod
     def _resolve(variant: str, spec: Variant, weights: str | None) -> tuple[dict[str, Tensor], str]:
-        from ..weights import cache_file, load_checkpoint
-        from ..weights.ncnn import load_converted
+        from ...weights import cache_file, load_checkpoint
+        from .ncnn import load_converted
 
         if weights is None:
             model_dir = package_model_dir()

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import SrkitError, WeightsNotFoundError
+from ...errors import SrkitError, WeightsNotFoundError
 
 __all__ = [
     "ARCHS", "Blob", "GraphInfo", "Layer", "NcnnFormatError", "check_graph", "convert", "detect_arch",

@@ -52,32 +52,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backends.sd import DIFFUSERS_WEIGHTS, StableDiffusion, build_component, sd_config
-from ..catalog import CCSR as CCSR_DESCRIPTOR
-from ..errors import ConfigError
-from ..ops.color import ColorFix
-from ..samplers.nonuniform import NonUniformSampler
-from ..types import SRMethod
-from ..weights import SYNTHETIC, companion, load_weights, resolve, synthetic_state_dict
+from ...backends.sd import DIFFUSERS_WEIGHTS, StableDiffusion, build_component, sd_config
+from ...diffusion import Chain, DiffusionMethod, MeanCorrectionHook, NoiseHook, StartState, TimestepProvider
+from ...errors import ConfigError
+from ...ops.resize import bicubic_upsample
+from ...samplers.ddpm import DDPMSampler
+from ...samplers.nonuniform import NonUniformSampler
+from ...types import Denoiser, Sampler
+from ...weights import SYNTHETIC, companion, load_weights, resolve, synthetic_state_dict
+from . import DESCRIPTOR
 
-__all__ = ["CCSR", "CCSR_FOLDER", "NEGATIVE_PROMPT", "PROMPT", "preset", "vae_condition_controlnet"]
+__all__ = ["CCSR", "CCSR_FOLDER", "NEGATIVE_PROMPT", "PROMPT", "vae_condition_controlnet"]
 
 PROMPT = "clean, high-resolution, 8k"  # v2 argparse default
 NEGATIVE_PROMPT = "blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed"
 CCSR_FOLDER = "ccsr_v2"  # the release's diffusers folder (controlnet/, vae/) in SRKIT_HOME/weights or ./weights
 Stage = Literal[1, 2]
 Stage2Recipe = Literal["v2", "paper"]
-
-
-def preset(steps: int, t_max: float, t_min: float) -> int:
-    """N such that the chain has ``steps`` = S = (t_max - t_min) N + 1 evaluations (1 for CCSR-S1)."""
-    if steps < 1:
-        raise ConfigError(f"CCSR needs steps >= 1, got {steps}")
-    if steps == 1:
-        return 1
-    if t_max <= t_min:
-        raise ConfigError(f"t_max={t_max} <= t_min={t_min} leaves no loop steps; use steps=1 or a larger t_max")
-    return round((steps - 1) / (t_max - t_min))
 
 
 def vae_condition_controlnet(config: Mapping[str, Any], *, device: str = "cpu") -> nn.Module:
@@ -91,7 +82,7 @@ def vae_condition_controlnet(config: Mapping[str, Any], *, device: str = "cpu") 
     return controlnet
 
 
-class CCSR(SRMethod):
+class CCSR(DiffusionMethod):
     """CCSR v2 x4; see the module docstring.
 
     ``weights``: SD 2.1-base (see :class:`srkit.backends.sd.StableDiffusion`); ``"synthetic"`` also
@@ -100,13 +91,17 @@ class CCSR(SRMethod):
     ``SRKIT_HOME/weights`` or ``./weights``), ``"synthetic"``, or ``"init"`` (the stage-1 start:
     ControlNet copied from the UNet, SD's own VAE). ``backend_config`` is merged into
     ``conf/backend/sd21_base.yaml`` (its ``controlnet`` entry configures the ControlNet).
-    ``sampler``: the :class:`NonUniformSampler`; its ``t_max``/``t_min`` are the knobs' defaults (its
-    ``steps`` only serves a method built with no default step count).
+    ``sampler``: the :class:`NonUniformSampler` (any DDPM-family sampler works: ``DDPMSampler`` with
+    ``spacing=trailing, steps_offset=0`` is the uniform baseline); its knobs ``T``, ``t_max``, ``t_min`` shape the
+    chain per call. ``sr()`` knobs of CCSR itself: ``guidance_scale``, ``sampling`` ("uniform": the sampler's
+    :meth:`~NonUniformSampler.uniform` twin).
     ``for_training`` builds stage ``stage``'s losses (``stage2_recipe``, ``discriminator`` = keyword
     arguments of the PatchGAN, ``lpips_weights`` = torchvision's VGG16 file for the paper recipe).
     """
 
-    descriptor = CCSR_DESCRIPTOR
+    descriptor = DESCRIPTOR
+    sampler_type = DDPMSampler
+    method_knobs = ("guidance_scale", "sampling")
 
     def __init__(
         self,
@@ -117,25 +112,27 @@ class CCSR(SRMethod):
         negative_prompt: str = NEGATIVE_PROMPT,
         guidance_scale: float = 4.5,
         conditioning_scale: float = 1.0,
-        color_fix: ColorFix = "adain",
-        sampler: NonUniformSampler | None = None,
+        color_fix: str = "adain",
+        sampler: DDPMSampler | None = None,
         stage: Stage = 1,
         for_training: bool = False,
         train_t_max: int = 667,
         stage2_recipe: Stage2Recipe = "v2",
         discriminator: Mapping[str, Any] | None = None,
         lpips_weights: str | None = None,
+        timesteps: TimestepProvider | None = None,
+        start_state: StartState | None = None,
+        noise: NoiseHook | None = None,
+        mean_correction: MeanCorrectionHook | None = None,
     ):
-        super().__init__(scale=4, color_fix=color_fix)
+        super().__init__(4, sampler=sampler if sampler is not None else NonUniformSampler(), timesteps=timesteps,
+                         start_state=start_state, noise=noise, mean_correction=mean_correction, color_fix=color_fix)
         if stage not in (1, 2):
             raise ConfigError(f"ccsr stage must be 1 (ControlNet) or 2 (VAE decoder), got {stage!r}")
         if stage2_recipe not in ("v2", "paper"):
             raise ConfigError(f"stage2_recipe must be 'v2' or 'paper', got {stage2_recipe!r}")
-        self.sampler = sampler if sampler is not None else NonUniformSampler()
-        if not isinstance(self.sampler, NonUniformSampler):
-            raise ConfigError("CCSR needs the non-uniform sampler: sampler=srkit.samplers.nonuniform.NonUniformSampler")
-        if not 0 < train_t_max < self.sampler.start:
-            raise ConfigError(f"train_t_max must lie in [1, {self.sampler.start - 1}], got {train_t_max}")
+        if not 0 < train_t_max < self.big_t:
+            raise ConfigError(f"train_t_max must lie in [1, {self.big_t - 1}], got {train_t_max}")
         ccsr_weights, lpips_weights = companion(ccsr_weights, weights), companion(lpips_weights, weights)
         config = sd_config("sd21_base", backend_config, prompt=prompt, weights=weights)
         control_config = config.pop("controlnet")
@@ -176,20 +173,25 @@ class CCSR(SRMethod):
             save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(path))
 
     def _build_stage2(self, discriminator: Mapping[str, Any] | None, lpips_weights: str | None) -> None:
-        from ..losses.discriminators import PatchGANDiscriminator
+        from ...losses.discriminators import PatchGANDiscriminator
 
         self.disc = PatchGANDiscriminator(in_channels=3, **dict(discriminator or {}))
         if self.stage2_recipe == "paper":
-            from ..losses.lpips import PixelLPIPS
+            from ...losses.lpips import PixelLPIPS
 
             self.lpips = PixelLPIPS("vgg", backbone_weights=lpips_weights)
 
     # ------------------------------------------------------------------ the model
 
-    def condition(self, lr: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """The x4 bicubic upsampling of ``lr`` in [0, 1] and its scaled VAE latent z_LR (a posterior sample)."""
-        up = F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp(0, 1)
-        return up, self.sd.vae.encode(up * 2 - 1, sample=True, generator=generator)
+    @property
+    def big_t(self) -> int:
+        """T, CCSR's first timestep (999: the non-uniform sampler's ``start``, the last training step otherwise)."""
+        return int(getattr(self.sampler, "start", self.sampler.num_train_timesteps - 1))
+
+    def encode_lr(self, lr: Tensor, generator: torch.Generator | None) -> Tensor:
+        """z_LR: the scaled VAE latent (a posterior sample) of the x4 bicubic upsampling of ``lr`` in [0, 1]."""
+        up = bicubic_upsample(lr, self.scale).clamp(0, 1)
+        return self.sd.vae.encode(up * 2 - 1, sample=True, generator=generator)
 
     def eps(self, x_t: Tensor, t: int | Tensor, z_lr: Tensor, context: Tensor) -> Tensor:
         """ε_θ(x_t, t | z_LR, prompt): the ControlNet's residuals added to the UNet."""
@@ -203,38 +205,41 @@ class CCSR(SRMethod):
     def _context(self, batch: int, prompt: str) -> Tensor:
         return self.sd.prompt_embedding(prompt).expand(batch, -1, -1)
 
-    def _sr(self, lr: Tensor, *, steps: int | None, generator: torch.Generator | None, **knobs: Any) -> Tensor:
-        t_max = float(knobs.pop("t_max", self.sampler.t_max))
-        t_min = float(knobs.pop("t_min", self.sampler.t_min))
-        explicit_n = knobs.pop("T", None)
-        n = int(explicit_n) if explicit_n is not None else preset(steps, t_max, t_min) if steps is not None else self.sampler.steps
-        guidance = float(knobs.pop("guidance_scale", self.guidance_scale))
-        sampling = knobs.pop("sampling", "nonuniform")
-        if knobs:
-            raise ConfigError(f"ccsr has no knobs {sorted(knobs)}; "
-                              "it takes T, t_max, t_min, guidance_scale, sampling (and sr()'s color_fix)")
+    def condition(self, lr: Tensor, generator: torch.Generator | None, *, guidance_scale: float | None = None,
+                  sampling: str = "nonuniform", **knobs: Any) -> Chain:
+        """z_LR conditions the ControlNet and is the start point (x_T = q(z_LR, T), ``start_point=lr``)."""
         if sampling not in ("nonuniform", "uniform"):
             raise ConfigError(f"sampling must be 'nonuniform' (CCSR) or 'uniform' (DDPM baseline), got {sampling!r}")
-        _, z_lr = self.condition(lr, generator)
-        cond = self._context(lr.shape[0], self.prompt)
-        uncond = self._context(lr.shape[0], self.negative_prompt)
+        batch = lr.shape[0]
+        extras = {"cond": self._context(batch, self.prompt), "uncond": self._context(batch, self.negative_prompt),
+                  "guidance": float(self.guidance_scale if guidance_scale is None else guidance_scale), "sampling": sampling}
+        return Chain(lr, self.encode_lr(lr, generator), generator, extras)
+
+    def call_sampler(self, chain: Chain) -> Sampler:
+        if chain.extras["sampling"] == "uniform":
+            if not isinstance(self.sampler, NonUniformSampler):
+                raise ConfigError("sampling='uniform' is the non-uniform sampler's uniform twin; this CCSR has "
+                                  f"{type(self.sampler).__name__}, which is uniform already")
+            return self.sampler.uniform()
+        return super().call_sampler(chain)
+
+    def denoiser(self, chain: Chain) -> Denoiser:
+        """The x0 estimate of ε_θ, with classifier-free guidance against the negative prompt except at T (v2)."""
+        z_lr, cond, uncond, guidance = chain.y, chain.extras["cond"], chain.extras["uncond"], chain.extras["guidance"]
 
         def denoise(x_t: Tensor, t: int) -> Tensor:
-            if t == self.sampler.start or guidance == 1.0:  # v2: no CFG at T
+            if t == self.big_t or guidance == 1.0:
                 eps = self.eps(x_t, t, z_lr, cond)
-            else:  # classifier-free guidance against the negative prompt
+            else:
                 e_u, e_c = self.eps(torch.cat([x_t, x_t]), t, torch.cat([z_lr, z_lr]), torch.cat([uncond, cond])).chunk(2)
                 eps = e_u + guidance * (e_c - e_u)
             return self.sampler.predict_x0(eps, x_t, t)
 
-        if sampling == "uniform":
-            z0 = self.sampler.uniform().sample(denoise, z_lr, steps=steps or n, generator=generator)
-        else:
-            visited = self.sampler.timesteps(n, t_max=t_max, t_min=t_min)
-            if steps is not None and len(visited) != steps and explicit_n is None:
-                raise ConfigError(f"no T gives {steps} steps with t_max={t_max}, t_min={t_min} ({n} gives {len(visited)}); pass T=")
-            z0 = self.sampler.sample(denoise, z_lr, steps=n, generator=generator, t_max=t_max, t_min=t_min)
-        return (self.decode_latents(self.sd.vae, z0) + 1) / 2
+        return denoise
+
+    def decode(self, z_0: Tensor, chain: Chain) -> Tensor:
+        """The x0 estimate decoded by the (stage-2 fine-tuned) VAE, in [-1, 1] (mapped to [0, 1] here)."""
+        return (self.decode_latents(self.sd.vae, z_0) + 1) / 2
 
     # ------------------------------------------------------------------ training
 
@@ -250,10 +255,10 @@ class CCSR(SRMethod):
         return self._stage1_losses(batch) if self.stage == 1 else self._stage2_losses(batch)
 
     def _stage1_losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        sampler, big_t = self.sampler, self.sampler.start
+        sampler, big_t = self.sampler, self.big_t
         lr, hr = batch["lr"], batch["hr"]
         with torch.no_grad():
-            _, z_lr = self.condition(lr, None)
+            z_lr = self.encode_lr(lr, None)
             z0 = self.sd.vae.encode(hr * 2 - 1, sample=True)
         context = self._context(lr.shape[0], self.prompt)
         b = z0.shape[0]
@@ -272,9 +277,9 @@ class CCSR(SRMethod):
     @torch.no_grad()
     def _one_step_latent(self, lr: Tensor) -> Tensor:
         """The frozen stage-1 output x̂0←T from the LR start (v2's stage-2 input)."""
-        _, z_lr = self.condition(lr, None)
-        big_t = self.sampler.start
-        x_big_t = self.sampler.prior(z_lr, torch.randn_like(z_lr))
+        z_lr = self.encode_lr(lr, None)
+        big_t = self.big_t
+        x_big_t = self.sampler.prior(z_lr, torch.randn_like(z_lr), big_t)
         return self.sampler.predict_x0(self.eps(x_big_t, big_t, z_lr, self._context(lr.shape[0], self.prompt)), x_big_t, big_t)
 
     def _require_disc(self) -> nn.Module:
@@ -283,7 +288,7 @@ class CCSR(SRMethod):
         return self.disc
 
     def _stage2_losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        from ..losses.gan import adaptive_weight, generator_loss
+        from ...losses.gan import adaptive_weight, generator_loss
 
         disc = self._require_disc()
         fake = self.sd.vae.decode(self._one_step_latent(batch["lr"]))
@@ -298,7 +303,7 @@ class CCSR(SRMethod):
         return {"nll": nll, "gan": 0.5 * weight * g_loss}
 
     def discriminator_losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        from ..losses.gan import discriminator_loss
+        from ...losses.gan import discriminator_loss
 
         disc = self._require_disc()
         with torch.no_grad():

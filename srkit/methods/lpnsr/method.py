@@ -23,19 +23,20 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..backends.swin_unet import SwinUNetNoisePredictor
-from ..catalog import LPNSR as DESCRIPTOR
-from ..errors import ConfigError, UnsupportedError
-from ..ops.color import ColorFix, check_color_fix
-from ..registry import backend_config
-from ..types import SRMethod
-from .resshift import Condition, ResShift
+from ...backends.swin_unet import SwinUNetNoisePredictor
+from ...diffusion import Chain, DiffusionMethod, MeanCorrectionHook, NoiseHook
+from ...errors import ConfigError, UnsupportedError
+from ...pipelines.residual_shift import ResidualShiftMethod
+from ...registry import backend_config
+from ...types import Sampler, SRMethod
+from . import DESCRIPTOR
 
 __all__ = ["LPNSR", "NOISE_PREDICTOR", "PRE_UPSAMPLERS", "PredictedNoise", "load_pre_upsampler"]
 
@@ -48,20 +49,38 @@ PRE_UPSAMPLERS = {
 }
 
 
-class PredictedNoise:
-    """The noise provider of Eq. (11): a sample of g_w(x_t, x'_0, y_0, t) in place of z_{t-1} ~ N(0, I).
+class PredictedNoise(NoiseHook):
+    """The noise hook of Eq. (11): a sample of g_w(x_t, x'_0, y_0, t) in place of z_{t-1} ~ N(0, I), from the
+    method's ``noise_predictor``.
 
-    ``gaussian_at``: step indices that keep Gaussian noise instead (Table 4's step-wise ablation).
+    ``sr()`` knobs: ``noise_predictor=False`` keeps Gaussian noise everywhere (official ``--disable_noise_predictor``,
+    i.e. ResShift with the Eq. (3) start); ``gaussian_noise_at``: the paper's steps t (2, 3, 4) that keep Gaussian
+    noise (Table 4's step-wise ablation).
     """
 
-    def __init__(self, predictor: SwinUNetNoisePredictor, lq: Tensor, gaussian_at: Iterable[int] = ()):
-        self.predictor, self.lq, self.gaussian_at = predictor, lq, frozenset(gaussian_at)
+    knobs = ("noise_predictor", "gaussian_noise_at")
 
-    def __call__(self, x_t: Tensor, *, t: int, t_prev: int, x0_pred: Tensor, generator: torch.Generator | None) -> Tensor:
-        if t in self.gaussian_at:
+    def bind(self, method: DiffusionMethod, chain: Chain, sampler: Sampler, *, noise_predictor: bool = True,
+             gaussian_noise_at: Iterable[int] = ()) -> Any:
+        predictor = getattr(method, "noise_predictor", None)
+        if not isinstance(predictor, SwinUNetNoisePredictor):
+            raise ConfigError(f"the PredictedNoise hook needs a method with LPNSR's noise_predictor; "
+                              f"{method.descriptor.name} has none")
+        gaussian_at = {int(t) - 1 for t in gaussian_noise_at}  # the paper's t = step index + 1
+        if not gaussian_at <= {1, 2, 3}:
+            raise UnsupportedError(f"gaussian_noise_at takes the paper's intermediate steps t in [2, 3, 4], got "
+                                   f"{sorted(gaussian_noise_at)}")
+        if not noise_predictor:
+            return None
+        return partial(self.draw, predictor, chain.lr, frozenset(gaussian_at))
+
+    @staticmethod
+    def draw(predictor: SwinUNetNoisePredictor, lq: Tensor, gaussian_at: frozenset[int], x_t: Tensor, *, t: int, t_prev: int,
+             x0_pred: Tensor, generator: torch.Generator | None) -> Tensor:
+        if t in gaussian_at:
             return torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
         timesteps = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-        return self.predictor.sample(x_t, x0_pred, self.lq, timesteps, generator=generator)
+        return predictor.sample(x_t, x0_pred, lq, timesteps, generator=generator)
 
 
 def load_pre_upsampler(spec: str | Path | nn.Module) -> nn.Module:
@@ -72,8 +91,8 @@ def load_pre_upsampler(spec: str | Path | nn.Module) -> nn.Module:
         return spec.eval().requires_grad_(False)
     from spandrel import ModelLoader, UnsupportedModelError
 
-    from ..errors import WeightsNotFoundError
-    from ..weights import resolve
+    from ...errors import WeightsNotFoundError
+    from ...weights import resolve
 
     name = str(spec)
     if name in PRE_UPSAMPLERS:
@@ -82,9 +101,9 @@ def load_pre_upsampler(spec: str | Path | nn.Module) -> nn.Module:
         except WeightsNotFoundError:
             if name != "realesrgan":
                 raise
-            from .realesrgan import RealESRGAN
+            from ...registry import load
 
-            return RealESRGAN(variant="x4plus").net.eval().requires_grad_(False)
+            return load("realesrgan", variant="x4plus", device="cpu").net.eval().requires_grad_(False)
     else:
         path = Path(name).expanduser()
         if not path.is_file():
@@ -104,7 +123,7 @@ def load_pre_upsampler(spec: str | Path | nn.Module) -> nn.Module:
     return descriptor.model.eval().requires_grad_(False)
 
 
-class LPNSR(ResShift):
+class LPNSR(ResidualShiftMethod):
     """LPNSR x4 SR, 1-4 steps: frozen ResShift v3 + the noise predictor g_w (+ an optional pre-upsampler).
 
     ``weights``: ``None`` (``resshift_realsrx4_s4_v3.pth``, ``autoencoder_vq_f4.pth`` and ``noise_predictor_v2.pth``
@@ -115,8 +134,8 @@ class LPNSR(ResShift):
     ``for_training`` builds the losses of Eq. (12) (``lpips_weights``: torchvision's VGG16 file, or ``"synthetic"``)
     and the latent PatchGAN (``disc_config``: :class:`~srkit.losses.discriminators.PatchGANDiscriminator` arguments);
     the generator's GAN term is off before step ``gan_start`` (match the trainer's ``disc_start``).
-    ``sr()`` knobs: ``noise_predictor=False`` runs Gaussian noise (official ``--disable_noise_predictor``, i.e.
-    ResShift with the Eq. (3) start); ``gaussian_noise_at``: the paper's steps t (4, 3, 2) that keep Gaussian noise.
+    ``noise``: the :class:`PredictedNoise` hook (its ``sr()`` knobs: ``noise_predictor``, ``gaussian_noise_at``);
+    ``mean_correction``: any guidance hook by config, e.g. PG-ResShift's posterior guidance.
     """
 
     descriptor = DESCRIPTOR
@@ -126,7 +145,7 @@ class LPNSR(ResShift):
         weights: str | None = None,
         noise_predictor_weights: str | None = None,
         pre_upsampler: str | nn.Module | None = None,
-        color_fix: ColorFix | None = "wavelet",
+        color_fix: str | None = "wavelet",
         dtype: torch.dtype = torch.float32,
         unet_config: Mapping[str, Any] | None = None,
         autoencoder_config: Mapping[str, Any] | None = None,
@@ -136,9 +155,12 @@ class LPNSR(ResShift):
         lpips_weights: str | None = None,
         disc_config: Mapping[str, Any] | None = None,
         gan_start: int = 0,
+        noise: NoiseHook | None = None,
+        mean_correction: MeanCorrectionHook | None = None,
     ):
-        super().__init__(steps=4, weights=weights, dtype=dtype, unet_config=unet_config, autoencoder_config=autoencoder_config)
-        from ..weights import resolve
+        super().__init__(4, weights, dtype, unet_config, autoencoder_config, noise=noise if noise is not None else PredictedNoise(),
+                         mean_correction=mean_correction, color_fix=color_fix)
+        from ...weights import resolve
 
         predictor_file = resolve(noise_predictor_weights or weights, filename=NOISE_PREDICTOR, what="lpnsr noise predictor")
         self.noise_predictor: SwinUNetNoisePredictor = SwinUNetNoisePredictor.from_pretrained(
@@ -146,16 +168,15 @@ class LPNSR(ResShift):
         )
         self.noise_predictor.requires_grad_(False)
         self.pre_upsampler = None if pre_upsampler is None else load_pre_upsampler(pre_upsampler).to(dtype)
-        self.color_fix = check_color_fix(color_fix)  # applied by sr() to the whole output
         self.for_training, self.gan_start = for_training, int(gan_start)
         if for_training:
             self._build_losses({"l1": 1.0, "lpips": 1.0, "gan": 0.1, **(loss_weights or {})}, lpips_weights, disc_config)
 
     def _build_losses(self, weights: dict[str, float], lpips_weights: str | None, disc_config: Mapping[str, Any] | None) -> None:
         """Eq. (12): pixel L1 + LPIPS-VGG on the decoded x'_0, hinge GAN of a latent PatchGAN (official v2)."""
-        from ..losses.composer import AdversarialTerm, LossComposer
-        from ..losses.discriminators import PatchGANDiscriminator
-        from ..losses.lpips import PixelLPIPS
+        from ...losses.composer import AdversarialTerm, LossComposer
+        from ...losses.discriminators import PatchGANDiscriminator
+        from ...losses.lpips import PixelLPIPS
 
         unknown = set(weights) - {"l1", "lpips", "gan"}
         if unknown:
@@ -169,37 +190,15 @@ class LPNSR(ResShift):
 
     # ---------------------------------------------------------------------------------------- inference
 
-    def _check_steps(self, steps: int | None) -> int:
+    def _check_steps(self, steps: int | None) -> int | None:
         return SRMethod._check_steps(self, steps)  # 1..4 on the T = 4 schedule (Eq. (3)), not ResShift's T only
 
-    def _sr(
-        self, lr: Tensor, *, steps: int | None, generator: torch.Generator | None,
-        noise_predictor: bool = True, gaussian_noise_at: Iterable[int] = (), **knobs: Any,
-    ) -> Tensor:
-        if knobs:
-            raise UnsupportedError(f"lpnsr has no options {sorted(knobs)}; it takes steps=, seed=, noise_predictor=, "
-                                   "gaussian_noise_at=")
-        gaussian_at = {int(t) - 1 for t in gaussian_noise_at}  # the paper's t = step index + 1
-        if not gaussian_at <= {1, 2, 3}:
-            raise UnsupportedError(f"gaussian_noise_at takes the paper's intermediate steps t in [2, 3, 4], got "
-                                   f"{sorted(gaussian_noise_at)}")
-        condition = self.condition(lr)
-        sampler = self.sampler_for(condition, gaussian_at=gaussian_at if noise_predictor else range(4))
-        z_0 = sampler.sample(self.denoiser(condition), condition.z_y, steps=steps, generator=generator)
-        return self.decode(z_0)
-
-    def sampler_for(self, condition: Condition, gaussian_at: Iterable[int] = ()) -> Any:
-        """A copy of the residual-shifting sampler whose noise is g_w's, conditioned on this LR (Eq. (11))."""
-        sampler = copy.copy(self.sampler)
-        sampler.noise = PredictedNoise(self.noise_predictor, condition.y0, gaussian_at)
-        return sampler
-
-    def condition(self, y0: Tensor, *, pre_upsample: bool = True) -> Condition:
-        """ResShift's condition, with y from the pre-upsampler when there is one (PreSet-B) and ``pre_upsample``."""
+    def condition(self, lr: Tensor, generator: torch.Generator | None, *, pre_upsample: bool = True, **knobs: Any) -> Chain:
+        """ResShift's chain, with y from the pre-upsampler when there is one (PreSet-B) and ``pre_upsample``."""
         if self.pre_upsampler is None or not pre_upsample:
-            return super().condition(y0)
-        up = self.pre_upsampler(y0 * 0.5 + 0.5) * 2 - 1  # [-1, 1] -> [0, 1] -> [-1, 1], not clamped (official)
-        return Condition(y0, self.autoencoder.encode(up))
+            return super().condition(lr, generator)
+        up = self.pre_upsampler(lr * 0.5 + 0.5) * 2 - 1  # [-1, 1] -> [0, 1] -> [-1, 1], not clamped (official)
+        return Chain(lr, self.autoencoder.encode(up), generator)
 
     # ---------------------------------------------------------------------------------------- training
 
@@ -217,8 +216,10 @@ class LPNSR(ResShift):
     def unroll(self, lr: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Algorithm 1, lines 3-13: the full T-step chain from bicubic y with g_w's noise, differentiable in g_w.
         Returns the final latent x'_0 and its decoding in [0, 1] (not clamped, cropped to the HR size)."""
-        condition = self.condition(self.prepare(lr), pre_upsample=False)
-        z_0 = self.sampler_for(condition).sample(self.denoiser(condition), condition.z_y, generator=generator)
+        chain = self.condition(self.prepare(lr), generator, pre_upsample=False)
+        sampler = copy.copy(self.sampler)
+        sampler.noise = PredictedNoise().bind(self, chain, sampler)
+        z_0 = sampler.sample(self.denoiser(chain), chain.y, generator=generator)
         image = self.from_model_range(self.autoencoder.decode(z_0))  # straight-through quantiser: gradients reach z_0
         return z_0, image[..., : self.scale * lr.shape[-2], : self.scale * lr.shape[-1]]
 
@@ -234,7 +235,7 @@ class LPNSR(ResShift):
 
     def discriminator_losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Hinge loss of the latent PatchGAN: real = encode(HR), fake = the unrolled chain's x'_0 (no gradient to g_w)."""
-        from ..losses.gan import discriminator_loss
+        from ...losses.gan import discriminator_loss
 
         self._check_training()
         with torch.no_grad():

@@ -1,0 +1,27 @@
+"""DM-SR (ICLR 2026): map the LR image into the noisy-latent distribution of a frozen SD-Turbo."""
+
+from __future__ import annotations
+
+from ...registry import lazy_exports
+from ...releases import SD_TURBO
+from ...types import MethodDescriptor
+
+DESCRIPTOR = MethodDescriptor(
+    name="dmsr",
+    title="DM-SR",
+    paper="Bridging the Distribution Gap to Harness Pretrained Diffusion Priors for Super-Resolution, ICLR 2026",
+    scale=4,
+    steps=(1, 2, 3, 4, 5, 10, 20),  # Table 4 runs 10 and 20
+    default_steps=1,
+    dtypes=("float32", "float16", "bfloat16"),
+    tiling="supported",
+    size_multiple=8,
+    weights=(SD_TURBO,),
+    licence="Stability AI Non-Commercial Research Community License (SD-Turbo); no official DM-SR weights exist",
+    trainable=True,
+    summary="Timestep estimator t(LR) + timestep-aware VAE encoder map the LR to a noisy SD-Turbo latent; "
+    "one denoising step (DDIM reuse for more).",
+)
+
+TARGET = "srkit.methods.dmsr.method:DMSR"
+__getattr__ = lazy_exports(__name__, {"DMSR": "method"})

@@ -1,0 +1,132 @@
+"""The residual-shifting pipeline that ResShift, LPNSR and posterior-guided ResShift compose: the VQ-f4
+autoencoder, the Swin-UNet x0-denoiser and :class:`~srkit.samplers.residual_shift.ResidualShiftSampler`.
+
+The official inference path (ResShift's ``sampler.py: ResShiftSampler``, shared/reference/README.md sec. 7.1):
+LR in [0, 1] -> y_0 = (lr - 0.5) / 0.5, reflect-padded (bottom, right) to the Swin-UNet's multiple (both done
+by :meth:`SRMethod.sr`: ``value_range`` (-1, 1), :attr:`~ResidualShiftMethod.size_multiple`) ->
+z_y = encode(bicubic_x4(y_0)) (``F.interpolate``, not quantised) -> the residual-shifting chain with the
+denoiser conditioned on y_0 -> decode (quantised) -> clamp to [-1, 1] (-> [0, 1] and the crop, by ``sr()``).
+
+What the methods add are hooks (:mod:`srkit.diffusion`): LPNSR's predicted noise, PG-ResShift's guidance; any
+residual-shift method takes any of them by config.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..backends.swin_unet import UNetModelSwin
+from ..backends.vq import VQModelTorch
+from ..diffusion import Chain, DiffusionMethod, MeanCorrectionHook, NoiseHook
+from ..errors import ConfigError, UnsupportedError
+from ..ops.resize import bicubic_upsample
+from ..registry import backend_config
+from ..samplers.residual_shift import ResidualShiftSampler
+from ..tiling import pad_to_multiple
+from ..types import Denoiser
+
+__all__ = ["CHECKPOINTS", "ResidualShiftMethod", "released_chain"]
+
+# Denoiser file and schedule of each released x4 real-SR checkpoint, by schedule length T.
+CHECKPOINTS: dict[int, tuple[str, dict[str, float]]] = {
+    4: ("resshift_realsrx4_s4_v3.pth", {"min_noise_level": 0.2}),  # v3, journal config
+    15: ("resshift_realsrx4_s15_v2.pth", {"min_noise_level": 0.04}),  # v2 (v1: pass its file as weights)
+}
+AUTOENCODER = "autoencoder_vq_f4.pth"
+
+
+def released_chain(steps: int, weights: str | None, what: str) -> dict[str, Any]:
+    """The denoiser and autoencoder weights and the sampler of the released checkpoint with T = ``steps``."""
+    from ..weights import resolve
+
+    if steps not in CHECKPOINTS:
+        raise UnsupportedError(f"{what} checkpoints exist for steps in {sorted(CHECKPOINTS)}, got steps={steps}")
+    denoiser_file, schedule = CHECKPOINTS[steps]
+    return {
+        "unet_weights": resolve(weights, filename=denoiser_file, what=f"{what} denoiser"),
+        "autoencoder_weights": resolve(weights, filename=AUTOENCODER, what=f"{what} autoencoder"),
+        "sampler": ResidualShiftSampler(steps=steps, **schedule),
+    }
+
+
+class ResidualShiftMethod(DiffusionMethod):
+    """x4 SR on the residual-shifting chain (see the module docstring).
+
+    ``steps`` is the schedule length T of the released checkpoint (:data:`CHECKPOINTS`): 4 (v3,
+    ``resshift_realsrx4_s4_v3.pth``) or 15 (v1/v2, ``resshift_realsrx4_s15_v{1,2}.pth``, min noise level 0.04).
+    ``weights``: ``None`` (the official denoiser file and ``autoencoder_vq_f4.pth``, found by
+    :func:`srkit.weights.resolve` in ``$SRKIT_HOME/weights`` or ``./weights``), a folder holding both, or
+    ``"synthetic"`` (srkit-synthetic-v1 weights, for tests and timing). ``noise`` / ``mean_correction``: hooks by
+    config (LPNSR's predicted noise, PG-ResShift's guidance). ``dtype`` is the precision the networks are built in
+    (synthetic weights are evaluated in it; ``srkit.load(dtype=)`` converts the built model instead).
+    ``unet_config`` / ``autoencoder_config`` override keys of ``conf/backend/resshift_unet_v3.yaml`` / ``vq_f4.yaml``
+    (for retrained or smaller networks).
+    """
+
+    sampler_type = ResidualShiftSampler
+
+    def __init__(
+        self,
+        steps: int = 4,
+        weights: str | None = None,
+        dtype: torch.dtype = torch.float32,
+        unet_config: Mapping[str, Any] | None = None,
+        autoencoder_config: Mapping[str, Any] | None = None,
+        noise: NoiseHook | None = None,
+        mean_correction: MeanCorrectionHook | None = None,
+        color_fix: str | None = None,
+    ):
+        release = released_chain(steps, weights, self.descriptor.name)
+        super().__init__(4, sampler=release["sampler"], noise=noise, mean_correction=mean_correction, color_fix=color_fix)
+        unet_weights, autoencoder_weights = release["unet_weights"], release["autoencoder_weights"]
+        self.unet: UNetModelSwin = UNetModelSwin.from_pretrained(
+            unet_weights, dtype=dtype, **{**backend_config("resshift_unet_v3"), **(unet_config or {})}
+        )
+        self.autoencoder: VQModelTorch = VQModelTorch.from_pretrained(
+            autoencoder_weights, dtype=dtype, **{**backend_config("vq_f4"), **(autoencoder_config or {})}
+        )
+        if self.autoencoder.downscale != self.scale:
+            raise ConfigError(
+                f"{self.descriptor.name} feeds the LR image to the denoiser at latent size, so the autoencoder must "
+                f"downscale by {self.scale}; autoencoder_config gives {self.autoencoder.downscale} (use ch_mult of length 3)"
+            )
+        self.requires_grad_(False)
+
+    @property
+    def size_multiple(self) -> int:
+        """The side multiple y_0 is padded to (official: lq_size = 64; a retrained Swin-UNet may need more)."""
+        return math.lcm(self.descriptor.size_multiple, self.unet.size_multiple)
+
+    def condition(self, lr: Tensor, generator: torch.Generator | None, **knobs: Any) -> Chain:
+        """The chain for y_0 = ``lr`` (in [-1, 1], padded): ``chain.lr`` is the Swin-UNet's ``lq``, ``chain.y`` = z_y,
+        the encoder of the bicubic x4 upsampling (not quantised), as the official sampler computes them."""
+        return Chain(lr, self.encode_upsampled(lr), generator)
+
+    def encode_upsampled(self, image: Tensor) -> Tensor:
+        """z of the bicubic x4 upsampling of ``image`` in [-1, 1] (``F.interpolate``, as officially)."""
+        return self.autoencoder.encode(bicubic_upsample(image, self.scale))
+
+    def encode_guide(self, image: Tensor, *, hr: bool) -> Tensor:
+        """The latent of a guide image in [0, 1], padded as y_0 is: an HR (``hr``, output size) is encoded as is, an
+        LR-size image as the chain's y (bicubic x4, then the encoder), so that the LR itself gives exactly z_y."""
+        if hr:
+            return self.autoencoder.encode(pad_to_multiple(self.to_model_range(image), self.scale * self.size_multiple))
+        return self.encode_upsampled(self.prepare(image))
+
+    def denoiser(self, chain: Chain) -> Denoiser:
+        """``(x_t, t) -> x0`` prediction of the Swin-UNet conditioned on y_0 (input scaled by the sampler)."""
+        t_batch = torch.empty(chain.lr.shape[0], dtype=torch.long, device=chain.lr.device)
+
+        def denoise(x_t: Tensor, t: int) -> Tensor:
+            return self.unet(self.sampler.scale_input(x_t, t), t_batch.fill_(t), lq=chain.lr)
+
+        return denoise
+
+    def decode(self, z_0: Tensor, chain: Chain) -> Tensor:
+        """Decode (quantised) and clamp to [-1, 1], as the official sampler does."""
+        return self.decode_latents(self.autoencoder, z_0).clamp(-1, 1)
