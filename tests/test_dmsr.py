@@ -12,7 +12,7 @@ import srkit
 from srkit.backends.sd import build_component
 from srkit.diffusion import Chain
 from srkit.errors import ConfigError, UnsupportedError, WeightsNotFoundError
-from srkit.methods.dmsr.hooks import DMSR_FILE, EstimatedStart, EstimatedTimesteps
+from srkit.methods.dmsr.hooks import EstimatedStart, EstimatedTimesteps
 from srkit.methods.dmsr.method import PROMPT
 from srkit.methods.dmsr.modules import VGG19_FILE, TimestepAwareEncoder, TimestepEstimator, expected_timestep
 from srkit.registry import config_dir
@@ -194,7 +194,7 @@ def test_weights_round_trip_and_missing_file(model, tmp_path):
     lr = torch.rand(1, 3, 8, 8)
     torch.testing.assert_close(reloaded.sr(lr), model.sr(lr))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(WeightsNotFoundError, match=DMSR_FILE):  # a folder without the file
+    with pytest.raises(WeightsNotFoundError, match=r"dmsr_sdturbo\.safetensors"):  # a folder without the file
         tiny(dmsr_weights=str(tmp_path / "empty"))
     init = tiny(dmsr_weights="init")  # the training start: E = VAE encoder, zero heads
     torch.testing.assert_close(init.estimator(torch.rand(1, 3, 32, 32)), torch.tensor([249.5]))

@@ -201,3 +201,32 @@ def test_shared_tensors_are_stored(tmp_path):
     torch.save({"a.weight": weight, "b.weight": weight, "c": weight.t()}, tmp_path / "tied.pth")
     state = load_state_dict(tmp_path / "tied.pth")
     assert torch.equal(state["a.weight"], state["b.weight"]) and torch.equal(state["c"], weight.t())
+
+
+def test_the_descriptor_drives_every_method_weight_file(tmp_path, monkeypatch):
+    """resolve_weights reads role, file, source and sha256 from MethodDescriptor.weights: one weights path."""
+    from srkit.types import MethodDescriptor, WeightFile
+    from srkit.weights import resolve_weights
+
+    monkeypatch.chdir(tmp_path)
+    payload = b"weights"
+    descriptor = MethodDescriptor(name="toy", title="-", paper="-", scale=2, weights=(
+        WeightFile("net", "net.pth", source="https://example.org/net.pth", sha256=hashlib.sha256(payload).hexdigest()),
+        WeightFile("release", "release_v1", folder=True),
+    ))
+    with pytest.raises(WeightsNotFoundError, match=r"(?s)toy net: cannot find 'net\.pth'.*published at https://example\.org/net\.pth"):
+        resolve_weights(descriptor, "net", None)
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "net.pth").write_bytes(payload)
+    assert resolve_weights(descriptor, "net", None) == tmp_path / "weights" / "net.pth"
+    (tmp_path / "other.pth").write_bytes(b"tampered")
+    with pytest.raises(ConfigError, match="sha256"):
+        resolve_weights(descriptor, "net", tmp_path / "other.pth")
+    assert resolve_weights(descriptor, "release", tmp_path) == tmp_path  # a folder entry: the folder given is it
+    assert resolve_weights(descriptor, "net", "synthetic") == "synthetic"
+    with pytest.raises(ConfigError, match="lists no weight file 'vae'"):
+        resolve_weights(descriptor, "vae", None)
+    # the built-in methods name their files only in their descriptors
+    for name in srkit.list_methods():
+        for entry in srkit.describe(name).weights:
+            assert entry.filename and entry.source, (name, entry)

@@ -40,7 +40,7 @@ from ..types import Autoencoder
 from ..weights import SYNTHETIC, cache_file, load_weights, resolve, synthetic_tensor
 
 __all__ = [
-    "DIFFUSERS_WEIGHTS", "SDVAE", "StableDiffusion", "build_component", "count_parameters", "encode_prompt", "sd_config",
+    "DIFFUSERS_WEIGHTS", "SDVAE", "StableDiffusion", "build_component", "count_parameters", "encode_prompt",
 ]
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -121,14 +121,6 @@ class SDVAE(Autoencoder):
             stages, h, [*decoder.up_blocks, decoder.conv_norm_out], scale=self.downscale, tile=tile,
             overlap=overlap, statistics=statistics, store=store, progress=progress,
         )
-
-
-def sd_config(name: str, overrides: Mapping[str, Any] | None = None, **values: Any) -> dict[str, Any]:
-    """The :class:`StableDiffusion` arguments of the shipped backend ``name`` (``conf/backend/<name>.yaml``)
-    updated by ``overrides`` (merged into nested configs such as ``unet``) and then by ``values``."""
-    from ..registry import backend_config, merge_config
-
-    return merge_config(backend_config(name), {**(overrides or {}), **values})
 
 
 class StableDiffusion(nn.Module):

@@ -28,28 +28,27 @@ from ..ops.resize import bicubic_upsample
 from ..registry import backend_config
 from ..samplers.residual_shift import ResidualShiftSampler
 from ..tiling import pad_to_multiple
-from ..types import Denoiser
+from ..types import Denoiser, MethodDescriptor
+from ..weights import resolve_weights
 
 __all__ = ["CHECKPOINTS", "ResidualShiftMethod", "released_chain"]
 
-# Denoiser file and schedule of each released x4 real-SR checkpoint, by schedule length T.
+# The denoiser (a weight-file role of the method's descriptor) and schedule of each released x4 real-SR
+# checkpoint, by schedule length T.
 CHECKPOINTS: dict[int, tuple[str, dict[str, float]]] = {
-    4: ("resshift_realsrx4_s4_v3.pth", {"min_noise_level": 0.2}),  # v3, journal config
-    15: ("resshift_realsrx4_s15_v2.pth", {"min_noise_level": 0.04}),  # v2 (v1: pass its file as weights)
+    4: ("denoiser", {"min_noise_level": 0.2}),  # v3, journal config
+    15: ("denoiser-s15", {"min_noise_level": 0.04}),  # v2
 }
-AUTOENCODER = "autoencoder_vq_f4.pth"
 
 
-def released_chain(steps: int, weights: str | None, what: str) -> dict[str, Any]:
+def released_chain(descriptor: MethodDescriptor, steps: int, weights: str | None) -> dict[str, Any]:
     """The denoiser and autoencoder weights and the sampler of the released checkpoint with T = ``steps``."""
-    from ..weights import resolve
-
     if steps not in CHECKPOINTS:
-        raise UnsupportedError(f"{what} checkpoints exist for steps in {sorted(CHECKPOINTS)}, got steps={steps}")
-    denoiser_file, schedule = CHECKPOINTS[steps]
+        raise UnsupportedError(f"{descriptor.name} checkpoints exist for steps in {sorted(CHECKPOINTS)}, got steps={steps}")
+    denoiser, schedule = CHECKPOINTS[steps]
     return {
-        "unet_weights": resolve(weights, filename=denoiser_file, what=f"{what} denoiser"),
-        "autoencoder_weights": resolve(weights, filename=AUTOENCODER, what=f"{what} autoencoder"),
+        "unet_weights": resolve_weights(descriptor, denoiser, weights),
+        "autoencoder_weights": resolve_weights(descriptor, "autoencoder", weights),
         "sampler": ResidualShiftSampler(steps=steps, **schedule),
     }
 
@@ -81,14 +80,14 @@ class ResidualShiftMethod(DiffusionMethod):
         mean_correction: MeanCorrectionHook | None = None,
         color_fix: str | None = None,
     ):
-        release = released_chain(steps, weights, self.descriptor.name)
+        release = released_chain(self.descriptor, steps, weights)
         super().__init__(4, sampler=release["sampler"], noise=noise, mean_correction=mean_correction, color_fix=color_fix)
         unet_weights, autoencoder_weights = release["unet_weights"], release["autoencoder_weights"]
         self.unet: UNetModelSwin = UNetModelSwin.from_pretrained(
-            unet_weights, dtype=dtype, **{**backend_config("resshift_unet_v3"), **(unet_config or {})}
+            unet_weights, dtype=dtype, **backend_config("resshift_unet_v3", unet_config)
         )
         self.autoencoder: VQModelTorch = VQModelTorch.from_pretrained(
-            autoencoder_weights, dtype=dtype, **{**backend_config("vq_f4"), **(autoencoder_config or {})}
+            autoencoder_weights, dtype=dtype, **backend_config("vq_f4", autoencoder_config)
         )
         if self.autoencoder.downscale != self.scale:
             raise ConfigError(

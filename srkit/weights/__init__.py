@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, WeightsNotFoundError
+from ..types import MethodDescriptor
 
 __all__ = [
     "SYNTHETIC",
@@ -42,6 +43,7 @@ __all__ = [
     "load_state_dict_strict",
     "load_weights",
     "resolve",
+    "resolve_weights",
     "search_dirs",
     "srkit_home",
     "synthetic_state_dict",
@@ -178,11 +180,12 @@ def _from_hub(hub_id: str, filename: str | None, subfolder: str | None, looked: 
         return None
 
 
-def _not_found(what: str, target: str, looked: list[str], filename: str | None, hub_id: str | None) -> WeightsNotFoundError:
+def _not_found(what: str, target: str, looked: list[str], filename: str | None, hub_id: str | None,
+               source: str = "") -> WeightsNotFoundError:
     places = "\n".join(f"  - {place}" for place in looked)
     home = srkit_home() / "weights"
     if hub_id is None:
-        how = [f"copy {filename or target} into {home}"]
+        how = [f"copy {filename or target} into {home}" + (f" (it is published at {source})" if source else "")]
     elif filename is not None:
         how = [f"download it: hf download {hub_id} {filename} --local-dir {home}"]
     else:
@@ -201,6 +204,7 @@ def resolve(
     hub_id: str | None = None,
     subfolder: str | None = None,
     what: str = "weights",
+    source: str = "",
 ) -> Path | Literal["synthetic"]:
     """The local path of the weights ``spec`` names, or ``"synthetic"``.
 
@@ -225,7 +229,7 @@ def resolve(
         found = _from_hub(hub_id, filename, subfolder, looked) if hub_id else None
         if found is not None:
             return found
-        raise _not_found(what, repr(name), looked, filename, hub_id)
+        raise _not_found(what, repr(name), looked, filename, hub_id, source)
     path = Path(spec).expanduser()
     if path.is_file():
         return path
@@ -236,14 +240,32 @@ def resolve(
             looked.append(str(candidate))
             if candidate.is_file():
                 return candidate
-        raise _not_found(what, repr(filename), looked, filename, hub_id)
+        raise _not_found(what, repr(filename), looked, filename, hub_id, source)
     looked.append(f"{path} (no such file or folder)")
     is_hub_id = bool(HUB_ID.match(str(spec)))
     if is_hub_id:
         found = _from_hub(str(spec), filename, subfolder, looked)
         if found is not None:
             return found
-    raise _not_found(what, repr(str(spec)), looked, filename, str(spec) if is_hub_id else hub_id)
+    raise _not_found(what, repr(str(spec)), looked, filename, str(spec) if is_hub_id else hub_id, source)
+
+
+def resolve_weights(descriptor: MethodDescriptor, role: str, spec: str | os.PathLike[str] | None) -> Path | Literal["synthetic"]:
+    """The one weights path of a method: ``spec`` (see :func:`resolve`) for the descriptor's weight file ``role``,
+    whose file name, hub repository and source are data in :attr:`MethodDescriptor.weights`. A ``sha256`` listed
+    there is checked."""
+    entry = descriptor.weight_file(role)
+    filename = None if entry.folder and spec is not None else entry.filename
+    path = resolve(spec, filename=filename, hub_id=entry.hub_id, what=f"{descriptor.name} {role}", source=entry.source)
+    if entry.sha256 and isinstance(path, Path) and path.is_file():
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != entry.sha256:
+            raise ConfigError(f"{path} is not {descriptor.name}'s {entry.filename}: sha256 {digest.hexdigest()} != {entry.sha256}; "
+                              f"download it again from {entry.source or 'its source'}")
+    return path
 
 
 def _source_stamp(path: Path) -> str:
@@ -305,12 +327,16 @@ def load_weights(
     hub_id: str | None = None,
     subfolder: str | None = None,
     what: str = "weights",
+    prefix: str = "",
 ) -> nn.Module:
-    """Load ``spec`` into ``model`` strictly (every key, every shape); ``"synthetic"`` loads srkit-synthetic-v1."""
+    """Load ``spec`` into ``model`` strictly (every key, every shape; with ``prefix``, the keys that start with it,
+    stripped); ``"synthetic"`` loads srkit-synthetic-v1: the one place synthetic weights are made."""
     if spec is not None and str(spec) == SYNTHETIC:
         model.load_state_dict(synthetic_state_dict(model))
         return model
     state = load_state_dict(spec, filename=filename, hub_id=hub_id, subfolder=subfolder, what=what)
+    if prefix:  # the model is one part of a file holding several (e.g. DM-SR's estimator.* and encoder.*)
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     load_state_dict_strict(model, state, source=what)
     return model
 

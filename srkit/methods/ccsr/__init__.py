@@ -19,10 +19,8 @@ DESCRIPTOR = MethodDescriptor(
     weights=(
         WeightFile("sd21_base", "stabilityai/stable-diffusion-2-1-base",
                    source="https://huggingface.co/stabilityai/stable-diffusion-2-1-base", licence="CreativeML Open RAIL++-M"),
-        WeightFile("controlnet", "ccsr_v2/controlnet/diffusion_pytorch_model.safetensors",
-                   source="CCSR v2 release (Google Drive / Baidu, see the CCSR README)"),
-        WeightFile("vae", "ccsr_v2/vae/diffusion_pytorch_model.safetensors",
-                   source="CCSR v2 release: the stage-2 fine-tuned VAE decoder"),
+        # a folder in diffusers layout: controlnet/ and the stage-2 fine-tuned vae/ (diffusion_pytorch_model.safetensors)
+        WeightFile("release", "ccsr_v2", source="the CCSR v2 release (Google Drive / Baidu, see the CCSR README)", folder=True),
     ),
     licence="CreativeML Open RAIL++-M (SD 2.1); CCSR weights as released by the authors",
     trainable=True,

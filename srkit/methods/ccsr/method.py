@@ -52,21 +52,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...backends.sd import DIFFUSERS_WEIGHTS, StableDiffusion, build_component, sd_config
+from ... import registry
+from ...backends.sd import DIFFUSERS_WEIGHTS, StableDiffusion, build_component
 from ...diffusion import Chain, DiffusionMethod, MeanCorrectionHook, NoiseHook, StartState, TimestepProvider
 from ...errors import ConfigError
 from ...ops.resize import bicubic_upsample
 from ...samplers.ddpm import DDPMSampler
 from ...samplers.nonuniform import NonUniformSampler
 from ...types import Denoiser, Sampler
-from ...weights import SYNTHETIC, companion, load_weights, resolve, synthetic_state_dict
+from ...weights import companion, load_weights, resolve_weights
 from . import DESCRIPTOR
 
-__all__ = ["CCSR", "CCSR_FOLDER", "NEGATIVE_PROMPT", "PROMPT", "vae_condition_controlnet"]
+__all__ = ["CCSR", "NEGATIVE_PROMPT", "PROMPT", "vae_condition_controlnet"]
 
 PROMPT = "clean, high-resolution, 8k"  # v2 argparse default
 NEGATIVE_PROMPT = "blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed"
-CCSR_FOLDER = "ccsr_v2"  # the release's diffusers folder (controlnet/, vae/) in SRKIT_HOME/weights or ./weights
 Stage = Literal[1, 2]
 Stage2Recipe = Literal["v2", "paper"]
 
@@ -134,7 +134,7 @@ class CCSR(DiffusionMethod):
         if not 0 < train_t_max < self.big_t:
             raise ConfigError(f"train_t_max must lie in [1, {self.big_t - 1}], got {train_t_max}")
         ccsr_weights, lpips_weights = companion(ccsr_weights, weights), companion(lpips_weights, weights)
-        config = sd_config("sd21_base", backend_config, prompt=prompt, weights=weights)
+        config = registry.backend_config("sd21_base", backend_config, prompt=prompt, weights=weights)
         control_config = config.pop("controlnet")
         self.sd = StableDiffusion(**config, controlnet=None)
         self.controlnet = self._controlnet(control_config, ccsr_weights)
@@ -153,11 +153,7 @@ class CCSR(DiffusionMethod):
             controlnet.load_state_dict(self.sd.unet.state_dict(), strict=False)  # the ControlNet recipe
             return controlnet
         controlnet = vae_condition_controlnet(config, device="meta").to_empty(device="cpu")
-        if spec == SYNTHETIC:
-            controlnet.load_state_dict(synthetic_state_dict(controlnet))
-            self.sd.vae.vae.load_state_dict(synthetic_state_dict(self.sd.vae.vae))
-            return controlnet
-        folder = resolve(spec, filename=None if spec is not None else CCSR_FOLDER, what="CCSR v2 release folder")
+        folder = resolve_weights(self.descriptor, "release", spec)
         load_weights(controlnet, folder, filename=DIFFUSERS_WEIGHTS, subfolder="controlnet", what="CCSR ControlNet")
         load_weights(self.sd.vae.vae, folder, filename=DIFFUSERS_WEIGHTS, subfolder="vae", what="CCSR fine-tuned VAE")
         return controlnet

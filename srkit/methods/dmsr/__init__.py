@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ...registry import lazy_exports
 from ...releases import SD_TURBO
-from ...types import MethodDescriptor
+from ...types import MethodDescriptor, WeightFile
 
 DESCRIPTOR = MethodDescriptor(
     name="dmsr",
@@ -16,7 +16,11 @@ DESCRIPTOR = MethodDescriptor(
     dtypes=("float32", "float16", "bfloat16"),
     tiling="supported",
     size_multiple=8,
-    weights=(SD_TURBO,),
+    weights=(
+        SD_TURBO,
+        WeightFile("dmsr", "dmsr_sdturbo.safetensors",  # estimator.* and encoder.* tensors
+                   source="a file written by srkit's DMSR.save_weights after `srkit train method=dmsr` (no official weights exist)"),
+    ),
     licence="Stability AI Non-Commercial Research Community License (SD-Turbo); no official DM-SR weights exist",
     trainable=True,
     summary="Timestep estimator t(LR) + timestep-aware VAE encoder map the LR to a noisy SD-Turbo latent; "

@@ -17,9 +17,7 @@ from ...ops.resize import bicubic_upsample
 from ...types import Sampler
 from .modules import VGG19_CHANNELS, TimestepEstimator
 
-__all__ = ["DMSR_FILE", "EncodedStart", "EstimatedStart", "EstimatedTimesteps", "ReusedNoise", "load_estimator"]
-
-DMSR_FILE = "dmsr_sdturbo.safetensors"  # what DMSR.save_weights writes: estimator.* and encoder.* tensors
+__all__ = ["EncodedStart", "EstimatedStart", "EstimatedTimesteps", "ReusedNoise", "load_estimator"]
 
 
 def _require(method: DiffusionMethod, *names: str) -> list[Any]:
@@ -62,16 +60,12 @@ class ReusedNoise(NoiseHook):
 
 def load_estimator(spec: str, channels: Sequence[int] | None = None) -> TimestepEstimator:
     """DM-SR's timestep estimator T from a DM-SR weights file (its ``estimator.*`` tensors) or ``"synthetic"``."""
-    from ...weights import SYNTHETIC, load_state_dict, load_state_dict_strict, synthetic_state_dict
+    from ...weights import load_weights, resolve_weights
+    from . import DESCRIPTOR
 
     estimator = TimestepEstimator(tuple(channels or VGG19_CHANNELS), backbone_weights="none")
-    if str(spec) == SYNTHETIC:
-        estimator.load_state_dict(synthetic_state_dict(estimator))
-    else:
-        state = load_state_dict(spec, filename=DMSR_FILE, what="DM-SR timestep estimator")
-        prefix = "estimator."
-        load_state_dict_strict(estimator, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
-                               source=f"DM-SR timestep estimator ({spec})")
+    load_weights(estimator, resolve_weights(DESCRIPTOR, "dmsr", spec), prefix="estimator.",
+                 what=f"DM-SR timestep estimator ({spec})")
     return estimator.requires_grad_(False)
 
 

@@ -30,15 +30,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...backends.sd import StableDiffusion, sd_config
+from ... import registry
+from ...backends.sd import StableDiffusion
 from ...diffusion import Chain, DiffusionMethod, MeanCorrectionHook, NoiseHook, StartState, TimestepProvider
 from ...errors import ConfigError, UnsupportedError
 from ...ops.resize import bicubic_upsample
 from ...samplers.ddpm import DDPMSampler
 from ...types import Denoiser
-from ...weights import SYNTHETIC, companion, load_state_dict, load_state_dict_strict, synthetic_state_dict
+from ...weights import companion, load_weights, resolve_weights
 from . import DESCRIPTOR
-from .hooks import DMSR_FILE, EncodedStart, EstimatedTimesteps, ReusedNoise
+from .hooks import EncodedStart, EstimatedTimesteps, ReusedNoise
 from .modules import NUM_BINS, VGG19_CHANNELS, TimestepAwareEncoder, TimestepEstimator
 
 __all__ = ["DMSR", "LOSS_WEIGHTS", "PROMPT"]
@@ -107,7 +108,7 @@ class DMSR(DiffusionMethod):
         if unknown:
             raise ConfigError(f"unknown dmsr loss weights {unknown}; the terms are {', '.join(LOSS_WEIGHTS)}")
 
-        self.sd = StableDiffusion(**sd_config("sd_turbo", backend_config, prompt=prompt, weights=weights))
+        self.sd = StableDiffusion(**registry.backend_config("sd_turbo", backend_config, prompt=prompt, weights=weights))
         if self.sampler.prediction_type != "epsilon":
             raise ConfigError("DM-SR's decomposition (Eq. (2)) needs an epsilon-predicting UNet: set sampler.prediction_type=epsilon")
         init = dmsr_weights is not None and str(dmsr_weights) == "init"
@@ -131,12 +132,7 @@ class DMSR(DiffusionMethod):
     def _load_trained(self, spec: str | None, init: bool) -> None:
         if init:
             return
-        trained = self._trained()
-        if spec == SYNTHETIC:
-            trained.load_state_dict(synthetic_state_dict(trained))
-            return
-        state = load_state_dict(spec, filename=DMSR_FILE, what="DM-SR estimator and encoder")
-        load_state_dict_strict(trained, state, source="DM-SR estimator and encoder")
+        load_weights(self._trained(), resolve_weights(self.descriptor, "dmsr", spec), what="DM-SR estimator and encoder")
 
     def save_weights(self, path: str | os.PathLike[str]) -> None:
         """Write T and E_θ (``estimator.*``, ``encoder.*``) as safetensors, the file ``dmsr_weights`` reads."""

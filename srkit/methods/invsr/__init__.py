@@ -18,7 +18,7 @@ DESCRIPTOR = MethodDescriptor(
     size_multiple=16,
     weights=(
         SD_TURBO,
-        WeightFile("noise_predictor", "noise_predictor_sd_turbo_v5.pth",
+        WeightFile("noise_predictor", "noise_predictor_sd_turbo_v5.pth", hub_id="OAOA/InvSR",
                    source="https://huggingface.co/OAOA/InvSR/resolve/main/noise_predictor_sd_turbo_v5.pth", licence=S_LAB_LICENCE),
     ),
     licence=S_LAB_LICENCE,

@@ -38,7 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...backends.sd import StableDiffusion, sd_config
+from ... import registry
+from ...backends.sd import StableDiffusion
 from ...diffusion import Chain, DiffusionMethod, MeanCorrectionHook, NoiseHook, StartState, StepTable, TimestepProvider
 from ...errors import ConfigError, UnsupportedError
 from ...ops.resize import bicubic_upsample
@@ -119,7 +120,7 @@ class InvSR(DiffusionMethod):
         if sampler.prediction_type != "epsilon":
             raise ConfigError("SD-Turbo predicts noise (Eq. (9)): set sampler.prediction_type=epsilon")
 
-        self.sd = StableDiffusion(**sd_config("sd_turbo", backend_config, prompt=prompt, weights=weights))
+        self.sd = StableDiffusion(**registry.backend_config("sd_turbo", backend_config, prompt=prompt, weights=weights))
         self.predictor = InvSRNoisePredictor(**{**dict(predictor or {}), "weights": companion(predictor_weights, weights)})
         self.start_steps = tuple(int(t) for t in start_steps)
         self.requires_grad_(False)

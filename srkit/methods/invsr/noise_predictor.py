@@ -18,9 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ...weights import load_weights
+from ...weights import load_weights, resolve_weights
+from . import DESCRIPTOR
 
-__all__ = ["WEIGHTS_FILE", "WEIGHTS_HUB_ID", "InvSRNoisePredictor", "TimeAwareEncoder"]
+__all__ = ["InvSRNoisePredictor", "TimeAwareEncoder"]
 
 
 class TimeAwareEncoder(nn.Module):
@@ -91,8 +92,6 @@ class TimeAwareEncoder(nn.Module):
         return self.conv_out(self.conv_act(self.conv_norm_out(h)))
 
 
-WEIGHTS_FILE = "noise_predictor_sd_turbo_v5.pth"
-WEIGHTS_HUB_ID = "OAOA/InvSR"
 
 
 class InvSRNoisePredictor(nn.Module):
@@ -137,7 +136,8 @@ class InvSRNoisePredictor(nn.Module):
             resnet_time_scale_shift=resnet_time_scale_shift, temb_channels=temb_channels, freq_shift=freq_shift,
             flip_sin_to_cos=flip_sin_to_cos, attention_head_dim=attention_head_dim,
         )
-        load_weights(self, weights, filename=WEIGHTS_FILE, hub_id=WEIGHTS_HUB_ID, what="InvSR noise predictor")
+        # the file, its hub repository and source are InvSR's descriptor data (role "noise_predictor")
+        load_weights(self, resolve_weights(DESCRIPTOR, "noise_predictor", weights), what="InvSR noise predictor")
 
     def parameters_of(self, image: Tensor, timesteps: Tensor | float, *, center_input_sample: bool = True) -> Tensor:
         """Raw Gaussian parameters (B, 2*latent, H/2, W/2): ``[mean | logvar]`` before the clamp.

@@ -17,11 +17,18 @@ DESCRIPTOR = MethodDescriptor(
     weights=(
         RESSHIFT_V3_DENOISER,
         RESSHIFT_AUTOENCODER,
+        # configs/inference.yaml's file; the LPNSR README says the paper's numbers come from noise_predictor.pth
         WeightFile("noise_predictor", "noise_predictor_v2.pth",
                    source="https://huggingface.co/mirpri/LPNSR (or the Faze-Hsw/LPNSR GitHub release)"),
-        WeightFile("pre_upsampler", "003_realSR_BSRGAN_DFOWMFC_s64w8_SwinIR-L_x4_GAN.pth",
+        # the pre-upsamplers of Table 6 (PreSet-B), by name; swinir-gan is LPNSR's default
+        WeightFile("pre_upsampler/swinir-gan", "003_realSR_BSRGAN_DFOWMFC_s64w8_SwinIR-L_x4_GAN.pth",
                    source="https://github.com/JingyunLiang/SwinIR/releases/download/v0.0/"
                    "003_realSR_BSRGAN_DFOWMFC_s64w8_SwinIR-L_x4_GAN.pth", licence="Apache-2.0"),
+        WeightFile("pre_upsampler/bsrgan", "BSRGAN.pth", source="https://github.com/cszn/KAIR/releases/download/v1.0/BSRGAN.pth",
+                   licence="Apache-2.0"),
+        WeightFile("pre_upsampler/realesrgan", "RealESRGAN_x4plus.pth",
+                   source="https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth",
+                   licence="BSD-3-Clause"),
     ),
     trainable=True,
     summary="Frozen ResShift denoiser with a learned intermediate-noise predictor g_w(x_t, x0, y, t); 1-4 steps; "

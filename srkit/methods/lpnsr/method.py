@@ -38,15 +38,11 @@ from ...registry import backend_config
 from ...types import Sampler, SRMethod
 from . import DESCRIPTOR
 
-__all__ = ["LPNSR", "NOISE_PREDICTOR", "PRE_UPSAMPLERS", "PredictedNoise", "load_pre_upsampler"]
+__all__ = ["LPNSR", "PRE_UPSAMPLERS", "PredictedNoise", "load_pre_upsampler"]
 
-NOISE_PREDICTOR = "noise_predictor_v2.pth"  # configs/inference.yaml (README: the paper's model is noise_predictor.pth)
-# Pre-upsamplers of Table 6 by name -> official release file (any spandrel-loadable x4 checkpoint path also works).
-PRE_UPSAMPLERS = {
-    "swinir-gan": "003_realSR_BSRGAN_DFOWMFC_s64w8_SwinIR-L_x4_GAN.pth",  # LPNSR's default (PreSet-B)
-    "bsrgan": "BSRGAN.pth",
-    "realesrgan": "RealESRGAN_x4plus.pth",
-}
+# Pre-upsamplers of Table 6 by name: the descriptor's pre_upsampler/<name> files (any spandrel-loadable x4
+# checkpoint path also works).
+PRE_UPSAMPLERS = tuple(w.name.removeprefix("pre_upsampler/") for w in DESCRIPTOR.weights if w.name.startswith("pre_upsampler/"))
 
 
 class PredictedNoise(NoiseHook):
@@ -92,12 +88,12 @@ def load_pre_upsampler(spec: str | Path | nn.Module) -> nn.Module:
     from spandrel import ModelLoader, UnsupportedModelError
 
     from ...errors import WeightsNotFoundError
-    from ...weights import resolve
+    from ...weights import resolve_weights
 
     name = str(spec)
     if name in PRE_UPSAMPLERS:
         try:
-            path = resolve(None, filename=PRE_UPSAMPLERS[name], what=f"lpnsr pre-upsampler {name!r}")
+            path = resolve_weights(DESCRIPTOR, f"pre_upsampler/{name}", None)
         except WeightsNotFoundError:
             if name != "realesrgan":
                 raise
@@ -160,11 +156,11 @@ class LPNSR(ResidualShiftMethod):
     ):
         super().__init__(4, weights, dtype, unet_config, autoencoder_config, noise=noise if noise is not None else PredictedNoise(),
                          mean_correction=mean_correction, color_fix=color_fix)
-        from ...weights import resolve
+        from ...weights import resolve_weights
 
-        predictor_file = resolve(noise_predictor_weights or weights, filename=NOISE_PREDICTOR, what="lpnsr noise predictor")
+        predictor_file = resolve_weights(self.descriptor, "noise_predictor", noise_predictor_weights or weights)
         self.noise_predictor: SwinUNetNoisePredictor = SwinUNetNoisePredictor.from_pretrained(
-            predictor_file, dtype=dtype, **{**backend_config("lpnsr_noise_predictor"), **(predictor_config or {})}
+            predictor_file, dtype=dtype, **backend_config("lpnsr_noise_predictor", predictor_config)
         )
         self.noise_predictor.requires_grad_(False)
         self.pre_upsampler = None if pre_upsampler is None else load_pre_upsampler(pre_upsampler).to(dtype)
