@@ -38,7 +38,7 @@ TINY: dict[str, dict[str, Any]] = {
                          up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], layers_per_block=1,
                          cross_attention_dim=16, attention_head_dim=[2, 4], norm_num_groups=8, sample_size=8),
         },
-        predictor=dict(block_out_channels=[8, 16], layers_per_block=[1, 1], norm_num_groups=4, attention_head_dim=4,
+        predictor_config=dict(block_out_channels=[8, 16], layers_per_block=[1, 1], norm_num_groups=4, attention_head_dim=4,
                        temb_channels=16),
     ),
 }

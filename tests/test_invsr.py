@@ -26,7 +26,7 @@ UNET_SMALL = dict(
 )
 PREDICTOR_SMALL = dict(block_out_channels=[8, 16], layers_per_block=[1, 1], norm_num_groups=4, attention_head_dim=4,
                        temb_channels=16)
-TINY = dict(backend_config={"vae": VAE_SMALL, "unet": UNET_SMALL}, predictor=PREDICTOR_SMALL)
+TINY = dict(backend_config={"vae": VAE_SMALL, "unet": UNET_SMALL}, predictor_config=PREDICTOR_SMALL)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

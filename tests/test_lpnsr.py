@@ -221,7 +221,7 @@ def test_training_the_noise_predictor_through_the_trainer_lowers_the_loss(tmp_pa
     chain on the training pair, with fixed noise, drops."""
     torch.manual_seed(0)  # the discriminator's init draws from the global RNG (passes for seeds 0-4 at lr 1e-3)
     model = registry.build_method(
-        _config(**TINY, for_training=True, lpips_weights="synthetic", disc_config={"ndf": 8, "n_layers": 2}),
+        _config(**TINY, for_training=True, lpips_weights="synthetic", discriminator={"ndf": 8, "n_layers": 2}),
         weights="synthetic", device="cpu",
     )
     data = PairData(n=1)
@@ -243,7 +243,7 @@ def test_training_the_noise_predictor_through_the_trainer_lowers_the_loss(tmp_pa
         torch.testing.assert_close(v, unet_before[k], atol=0, rtol=0)
     generator_steps = [h for h in history if "l1" in h]
     assert len(generator_steps) == 3 and all({"l1", "lpips", "gan"} <= h.keys() for h in generator_steps)
-    assert sum("disc/hinge" in h for h in history) == 3
+    assert sum("disc/discriminator" in h for h in history) == 3
     after = fixed_noise_loss()
     assert after < 0.95 * before, (before, after)
 

@@ -245,7 +245,7 @@ class CCSR(DiffusionMethod):
         return {"decoder": self.sd.vae.vae.decoder}  # v2: only parameters named 'decoder'
 
     def discriminator_modules(self) -> dict[str, nn.Module]:
-        return {"disc": self.disc} if self.disc is not None else {}
+        return {"discriminator": self.disc} if self.disc is not None else {}
 
     def losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return self._stage1_losses(batch) if self.stage == 1 else self._stage2_losses(batch)
@@ -304,4 +304,4 @@ class CCSR(DiffusionMethod):
         disc = self._require_disc()
         with torch.no_grad():
             fake = self.sd.vae.decode(self._one_step_latent(batch["lr"]))
-        return {"disc": discriminator_loss(disc(batch["hr"] * 2 - 1), disc(fake), "hinge")}
+        return {"discriminator": discriminator_loss(disc(batch["hr"] * 2 - 1), disc(fake), "hinge")}

@@ -76,7 +76,7 @@ class InvSR(DiffusionMethod):
 
     ``weights``: SD-Turbo (see :class:`srkit.backends.sd.StableDiffusion`); ``"synthetic"`` also makes
     an unspecified ``predictor_weights`` synthetic. ``backend_config`` is merged into
-    ``conf/backend/sd_turbo.yaml``, ``predictor`` into the noise predictor's arguments (e.g. smaller
+    ``conf/backend/sd_turbo.yaml``, ``predictor_config`` into the noise predictor's arguments (e.g. smaller
     widths for tests). ``color_fix``: none (official default) or wavelet/adain/ycbcr.
     ``for_training`` builds Eq. (11)'s loss networks: ``latent_lpips_weights`` and ``discriminator``
     (keyword arguments of :class:`srkit.losses.discriminators.UNetDiscriminator`).
@@ -96,7 +96,7 @@ class InvSR(DiffusionMethod):
         weights: str | None = None,
         predictor_weights: str | None = None,
         backend_config: Mapping[str, Any] | None = None,
-        predictor: Mapping[str, Any] | None = None,
+        predictor_config: Mapping[str, Any] | None = None,
         prompt: str = PROMPT,
         sampler: DDPMSampler | None = None,
         color_fix: str = "none",
@@ -121,7 +121,7 @@ class InvSR(DiffusionMethod):
             raise ConfigError("SD-Turbo predicts noise (Eq. (9)): set sampler.prediction_type=epsilon")
 
         self.sd = StableDiffusion(**registry.backend_config("sd_turbo", backend_config, prompt=prompt, weights=weights))
-        self.predictor = InvSRNoisePredictor(**{**dict(predictor or {}), "weights": companion(predictor_weights, weights)})
+        self.predictor = InvSRNoisePredictor(**{**dict(predictor_config or {}), "weights": companion(predictor_weights, weights)})
         self.start_steps = tuple(int(t) for t in start_steps)
         self.requires_grad_(False)
         self.for_training = for_training

@@ -128,7 +128,7 @@ class LPNSR(ResidualShiftMethod):
     ``pre_upsampler``: ``None`` (PreSet-A, bicubic y) or PreSet-B's network (see :func:`load_pre_upsampler`).
     ``color_fix``: colour correction of the output against the bicubic x4 LR (official default ``"wavelet"``).
     ``for_training`` builds the losses of Eq. (12) (``lpips_weights``: torchvision's VGG16 file, or ``"synthetic"``)
-    and the latent PatchGAN (``disc_config``: :class:`~srkit.losses.discriminators.PatchGANDiscriminator` arguments);
+    and the latent PatchGAN (``discriminator``: :class:`~srkit.losses.discriminators.PatchGANDiscriminator` arguments);
     the generator's GAN term is off before step ``gan_start`` (match the trainer's ``disc_start``).
     ``noise``: the :class:`PredictedNoise` hook (its ``sr()`` knobs: ``noise_predictor``, ``gaussian_noise_at``);
     ``mean_correction``: any guidance hook by config, e.g. PG-ResShift's posterior guidance.
@@ -149,7 +149,7 @@ class LPNSR(ResidualShiftMethod):
         for_training: bool = False,
         loss_weights: Mapping[str, float] | None = None,
         lpips_weights: str | None = None,
-        disc_config: Mapping[str, Any] | None = None,
+        discriminator: Mapping[str, Any] | None = None,
         gan_start: int = 0,
         noise: NoiseHook | None = None,
         mean_correction: MeanCorrectionHook | None = None,
@@ -166,9 +166,9 @@ class LPNSR(ResidualShiftMethod):
         self.pre_upsampler = None if pre_upsampler is None else load_pre_upsampler(pre_upsampler).to(dtype)
         self.for_training, self.gan_start = for_training, int(gan_start)
         if for_training:
-            self._build_losses({"l1": 1.0, "lpips": 1.0, "gan": 0.1, **(loss_weights or {})}, lpips_weights, disc_config)
+            self._build_losses({"l1": 1.0, "lpips": 1.0, "gan": 0.1, **(loss_weights or {})}, lpips_weights, discriminator)
 
-    def _build_losses(self, weights: dict[str, float], lpips_weights: str | None, disc_config: Mapping[str, Any] | None) -> None:
+    def _build_losses(self, weights: dict[str, float], lpips_weights: str | None, discriminator: Mapping[str, Any] | None) -> None:
         """Eq. (12): pixel L1 + LPIPS-VGG on the decoded x'_0, hinge GAN of a latent PatchGAN (official v2)."""
         from ...losses.composer import AdversarialTerm, LossComposer
         from ...losses.discriminators import PatchGANDiscriminator
@@ -179,7 +179,7 @@ class LPNSR(ResidualShiftMethod):
             raise ConfigError(f"lpnsr loss_weights has unknown terms {sorted(unknown)}; its terms are l1, lpips, gan")
         self.noise_predictor.requires_grad_(True)
         latent = self.autoencoder.latent_channels
-        self.discriminator = PatchGANDiscriminator(**{"in_channels": latent, "ndf": 64, "n_layers": 3, **(disc_config or {})})
+        self.discriminator = PatchGANDiscriminator(**{"in_channels": latent, "ndf": 64, "n_layers": 3, **(discriminator or {})})
         pixel = {k: w for k, w in weights.items() if k != "gan"}
         self.pixel_loss = LossComposer(pixel, modules={"lpips": PixelLPIPS("vgg", backbone_weights=lpips_weights)})
         self.gan_loss = LossComposer({"gan": weights["gan"]}, modules={"gan": AdversarialTerm(self.discriminator, "hinge")})
@@ -237,4 +237,4 @@ class LPNSR(ResidualShiftMethod):
         with torch.no_grad():
             fake, _ = self.unroll(batch["lr"])
             real = self.autoencoder.encode(batch["hr"] * 2 - 1)
-        return {"hinge": discriminator_loss(self.discriminator(real), self.discriminator(fake), "hinge")}
+        return {"discriminator": discriminator_loss(self.discriminator(real), self.discriminator(fake), "hinge")}
