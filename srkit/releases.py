@@ -8,7 +8,12 @@ from __future__ import annotations
 from .types import WeightFile
 
 __all__ = [
-    "RESIDUAL_SHIFT_PIPELINE", "RESSHIFT_AUTOENCODER", "RESSHIFT_V2_S15_DENOISER", "RESSHIFT_V3_DENOISER", "SD_TURBO",
+    "RESIDUAL_SHIFT_PIPELINE",
+    "RESSHIFT_AUTOENCODER",
+    "RESSHIFT_V2_S15_DENOISER",
+    "RESSHIFT_V3_DENOISER",
+    "SD_TURBO",
+    "STABLE_DIFFUSION_PIPELINE",
     "S_LAB_LICENCE",
 ]
 
@@ -28,3 +33,6 @@ RESIDUAL_SHIFT_PIPELINE = {
     "scale": 4, "dtypes": ("float32", "float64"), "tiling": "supported", "size_multiple": 64, "value_range": (-1.0, 1.0),
     "licence": S_LAB_LICENCE,
 }
+
+# The Stable Diffusion methods (InvSR, DM-SR, CCSR): x4 through the f8 SD VAE, half precision supported.
+STABLE_DIFFUSION_PIPELINE = {"scale": 4, "dtypes": ("float32", "float16", "bfloat16"), "tiling": "supported", "trainable": True}

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from ...registry import lazy_exports
-from ...releases import S_LAB_LICENCE, SD_TURBO
+from ...releases import S_LAB_LICENCE, SD_TURBO, STABLE_DIFFUSION_PIPELINE
 from ...types import MethodDescriptor, WeightFile
 
 DESCRIPTOR = MethodDescriptor(
+    **STABLE_DIFFUSION_PIPELINE,
     name="invsr",
     title="InvSR",
     paper="Yue et al., 'Arbitrary-steps Image Super-resolution via Diffusion Inversion', CVPR 2025",
-    scale=4,
     steps=(1, 2, 3, 4, 5),
     default_steps=1,
-    dtypes=("float32", "float16", "bfloat16"),
-    tiling="supported",
     size_multiple=16,
     weights=(
         SD_TURBO,
@@ -22,7 +20,6 @@ DESCRIPTOR = MethodDescriptor(
                    source="https://huggingface.co/OAOA/InvSR/resolve/main/noise_predictor_sd_turbo_v5.pth", licence=S_LAB_LICENCE),
     ),
     licence=S_LAB_LICENCE,
-    trainable=True,
     summary="Frozen SD-Turbo; a noise predictor f_w(LR, t) gives the start state of a partial reverse chain, 1-5 steps.",
 )
 
