@@ -74,7 +74,7 @@ def run_sr(cfg: Any) -> dict[str, list[Path]]:
             lr = read_image(path).unsqueeze(0)
             hr = model.sr(
                 lr, steps=cfg.steps, seed=cfg.seed, tile=cfg.tile, tile_overlap=cfg.tile_overlap,
-                tile_batch=cfg.tile_batch, progress=cfg.progress,
+                tile_batch=cfg.tile_batch, decoder_tile=cfg.decoder_tile, color_fix=cfg.color_fix, progress=cfg.progress,
             )
             write_image(target, hr[0], bits=cfg.bits)
             report["written"].append(target)

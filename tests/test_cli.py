@@ -29,6 +29,19 @@ def test_sr_writes_a_4x_png(tmp_path):
     assert "wrote 1" in result.stdout
 
 
+def test_colour_fix_and_decoder_tile_reach_sr(tmp_path):
+    src = make_png(tmp_path / "photo.png")
+    outputs = {}
+    for fix in ("none", "adain"):
+        result = srkit("sr", f"input={src}", "method=bicubic", f"color_fix={fix}", "decoder_tile=16", f"output={tmp_path / fix}")
+        assert result.returncode == 0, result.stderr
+        with Image.open(tmp_path / fix / "photo.png") as out:
+            outputs[fix] = np.asarray(out, dtype=np.float64)
+    assert np.abs(outputs["adain"] - outputs["none"]).max() > 1  # the colour fix ran on the whole output
+    result = srkit("sr", f"input={src}", "method=bicubic", "color_fix=sharp", f"output={tmp_path / 'bad'}")
+    assert result.returncode == 2 and "is not a colour fix" in result.stderr
+
+
 def test_cfg_job_reflects_overrides(tmp_path):
     result = srkit("sr", "input=a.png", "method=bicubic", "method.scale=2", "tile=128", "--cfg", "job")
     assert result.returncode == 0, result.stderr
