@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -231,6 +232,8 @@ def load(
     hub id (read from the local cache when offline), or ``"synthetic"`` (seeded random weights,
     for tests and timing). ``overrides`` are constructor arguments, the keys of ``conf/method/<name>.yaml``.
     """
+    if weights is not None and (Path(weights) / PRETRAINED_CONFIG).is_file():
+        return load_pretrained(weights, name=name, device=device, dtype=dtype, **overrides)
     entry = METHODS.get(name)
     config = merge_config(entry.default_config(), overrides)
     return build_method(config, weights=weights, device=device, dtype=dtype, name=name)
@@ -261,6 +264,12 @@ def build_method(
     """
     import torch
 
+    if weights is not None and (Path(weights) / PRETRAINED_CONFIG).is_file():  # a training run's folder
+        model = load_pretrained(weights, device=device, dtype=dtype)
+        if target_path(type(model)) != str(config.get("_target_", "")).replace(":", "."):
+            raise ConfigError(f"{weights} holds trained weights of {model.descriptor.name!r}, not of {config.get('_target_')!r}; "
+                              f"pick that method (method={model.descriptor.name})")
+        return model
     factory = import_target(str(config.get("_target_", "")))
     extra: dict[str, Any] = {}
     if sampler:
@@ -272,6 +281,7 @@ def build_method(
     elif weights not in (None, "synthetic"):
         raise ConfigError(f"{name} has no weights to load; drop weights={weights!r}")
     model = instantiate(config, where=f"method {name!r}", **extra)
+    model.config, model.base_weights = dict(config), None if weights is None else str(weights)  # for save_pretrained
     descriptor: MethodDescriptor = model.descriptor
     torch_dtype = _parse_dtype(dtype) if dtype is not None else torch.float32
     if not descriptor.supports_dtype(torch_dtype):
@@ -372,3 +382,74 @@ def lazy_exports(package: str, names: Mapping[str, str]) -> Callable[[str], Any]
         return getattr(importlib.import_module(f"{package}.{names[attr]}"), attr)
 
     return __getattr__
+
+
+PRETRAINED_CONFIG = "srkit_method.yaml"
+
+
+def save_pretrained(model: Any, folder: str | Path, *, modules: Mapping[str, Any], ema: Mapping[str, Any]) -> Path:
+    """Write ``model``'s build config, its base weights and one safetensors file per module of ``modules`` (named by its
+    path in the model, e.g. ``unet.safetensors``; ``ema`` copies as ``unet.ema.safetensors``) into ``folder``.
+    Every file is written atomically."""
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    config = getattr(model, "config", None)
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"{type(model).__name__} was not built by srkit.load / build_method, so its config is unknown; "
+                          "build it with srkit.load(name, ...) to save it")
+    paths = {id(module): path for path, module in model.named_modules()}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {"method": model.descriptor.name, "weights": model.base_weights, "config": dict(config),
+                              "modules": {}, "ema": {}}
+    for name, module in modules.items():
+        path = paths.get(id(module))
+        if path is None:
+            raise ConfigError(f"trained module {name!r} is not part of {model.descriptor.name}; it cannot be reloaded by name")
+        for kind, source, suffix in (("modules", module, ""), ("ema", ema.get(name), ".ema")):
+            if source is None:
+                continue
+            target = folder / f"{path}{suffix}.safetensors"
+            tmp = target.with_name(f".{target.name}.tmp")
+            save_file({k: v.detach().contiguous().cpu() for k, v in source.state_dict().items()}, str(tmp))
+            os.replace(tmp, target)
+            record[kind][path] = target.name
+    try:
+        text = OmegaConf.to_yaml(OmegaConf.create(record))
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"the config of {model.descriptor.name} holds objects that cannot be written as YAML ({err}); "
+                          "build the method from plain values to save it") from None
+    tmp = folder / f".{PRETRAINED_CONFIG}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, folder / PRETRAINED_CONFIG)
+    return folder
+
+
+def load_pretrained(folder: str | Path, *, name: str | None = None, ema: bool = True, device: Any = None, dtype: Any = None,
+                    **overrides: Any) -> Any:
+    """The method :func:`save_pretrained` wrote into ``folder``: rebuilt from its config on its base weights (for
+    inference: ``for_training`` off), then every trained module loaded strictly (its EMA copy when there is one and
+    ``ema``). ``name`` must match the saved method; ``overrides`` update the config."""
+    import torch
+    from omegaconf import OmegaConf
+    from safetensors.torch import load_file
+
+    from .weights import load_state_dict_strict
+
+    folder = Path(folder)
+    record = OmegaConf.to_container(OmegaConf.load(folder / PRETRAINED_CONFIG), resolve=True)
+    assert isinstance(record, dict)
+    if name is not None and record["method"] != name:
+        raise ConfigError(f"{folder} holds trained weights of {record['method']!r}, not {name!r}; "
+                          f"load it with srkit.load({record['method']!r}, weights={str(folder)!r})")
+    config = merge_config(record["config"], overrides)
+    if "for_training" in config:
+        config["for_training"] = bool(overrides.get("for_training", False))
+    model = build_method(config, weights=record["weights"], device="cpu", dtype=None, name=record["method"])
+    files = {**record["modules"], **(record["ema"] if ema else {})}
+    for path, filename in files.items():
+        load_state_dict_strict(model.get_submodule(path), load_file(str(folder / filename)), source=str(folder / filename))
+    model.config, model.base_weights = config, record["weights"]
+    torch_dtype = _parse_dtype(dtype) if dtype is not None else torch.float32
+    return model.to(device=_parse_device(device), dtype=torch_dtype).eval()

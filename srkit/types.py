@@ -14,10 +14,12 @@ autoencoder can be swapped by name:
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
 import torch
@@ -288,6 +290,25 @@ class SRMethod(nn.Module, ABC):
     def trainable_modules(self) -> dict[str, nn.Module]:
         """The modules this method trains, by name (empty when nothing is trained)."""
         return {}
+
+    def save_pretrained(self, folder: str | os.PathLike[str], *, modules: Mapping[str, nn.Module] | None = None,
+                        ema: Mapping[str, nn.Module] | None = None) -> Path:
+        """Write the config the method was built from and one safetensors file per trained module (default:
+        :meth:`trainable_modules`; ``ema``: their EMA copies, by the same names) into ``folder`` (diffusers'
+        ``save_pretrained`` in spirit); ``srkit.load(name, weights=folder)`` reads it back."""
+        from .registry import save_pretrained
+
+        return save_pretrained(self, folder, modules=self.trainable_modules() if modules is None else modules, ema=ema or {})
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike[str], **load_kwargs: Any) -> SRMethod:
+        """The method :meth:`save_pretrained` wrote into ``folder`` (keyword arguments as :func:`srkit.load`)."""
+        from .registry import load_pretrained
+
+        model = load_pretrained(folder, **load_kwargs)
+        if not isinstance(model, cls):
+            raise ConfigError(f"{folder} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
 
     def losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Training losses for one batch; the trainer sums them. Methods that train override this.

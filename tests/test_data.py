@@ -2,9 +2,11 @@
 
 import pytest
 import torch
+from torch.utils.data import default_collate
 
+from srkit.data import image_folders
 from srkit.data.degraded import DegradedFolder, item_generator
-from srkit.data.paired import Pair, PairedFolder
+from srkit.data.paired import PairedFolder
 from srkit.data.transforms import (
     center_crop,
     mod_crop,
@@ -36,8 +38,10 @@ def test_paired_folder_matches_by_name(folders):
     data = PairedFolder(*folders, scale=4)
     assert len(data) == 3
     pairs = [data[i] for i in range(3)]
-    assert [p.name for p in pairs] == ["a", "b", "c"]
-    assert all(isinstance(p, Pair) and p.hr.shape == (3, 32, 24) and p.lr.shape == (3, 8, 6) for p in pairs)
+    assert [p["name"] for p in pairs] == ["a", "b", "c"]
+    assert all(p["hr"].shape == (3, 32, 24) and p["lr"].shape == (3, 8, 6) for p in pairs)
+    batch = default_collate(pairs)  # dict items batch as the methods' losses(batch) read them
+    assert batch["hr"].shape == (3, 3, 32, 24) and batch["name"] == ["a", "b", "c"]
 
 
 def test_paired_folder_reports_unmatched_names(folders):
@@ -68,18 +72,40 @@ def test_degraded_folder_is_deterministic_per_item(folders, tmp_path):
     other = DegradedFolder(hr_dir, config, seed=2, crop=16, random_crop=True)
     for i in range(len(one)):
         a, b, c = one[i], two[i], other[i]
-        assert a.name == b.name and torch.equal(a.hr, b.hr) and torch.equal(a.lr, b.lr)
-        assert a.hr.shape == (3, 16, 16) and a.lr.shape == (3, 4, 4)
-        assert not torch.equal(a.lr, c.lr)
+        assert a["name"] == b["name"] and torch.equal(a["hr"], b["hr"]) and torch.equal(a["lr"], b["lr"])
+        assert a["hr"].shape == (3, 16, 16) and a["lr"].shape == (3, 4, 4)
+        assert not torch.equal(a["lr"], c["lr"])
+    first = [one[i]["lr"] for i in range(len(one))]
+    one.use_epoch(1)  # the papers degrade anew every iteration: a fresh draw per epoch, reproducible
+    second = [one[i]["lr"] for i in range(len(one))]
+    two.use_epoch(1)
+    assert all(not torch.equal(x, y) for x, y in zip(first, second))
+    assert all(torch.equal(x, two[i]["lr"]) for i, x in enumerate(second))
 
 
 def test_degraded_folder_bicubic_center_crop_and_mod_crop(tmp_path):
     write_image(tmp_path / "x.png", image(30, 27))
     item = DegradedFolder(tmp_path, BicubicDownsample(4))[0]
-    assert item.hr.shape == (3, 28, 24) and item.lr.shape == (3, 7, 6)
-    assert torch.equal(item.lr, BicubicDownsample(4)(item.hr[None])[0])
+    assert item["hr"].shape == (3, 28, 24) and item["lr"].shape == (3, 7, 6)
+    assert torch.equal(item["lr"], BicubicDownsample(4)(item["hr"][None])[0])
     centred = DegradedFolder(tmp_path, BicubicDownsample(2), crop=20)[0]
-    assert torch.equal(centred.hr, center_crop(image(30, 27), 20).mul(255).round().div(255))
+    assert torch.equal(centred["hr"], center_crop(image(30, 27), 20).mul(255).round().div(255))
+
+
+def test_training_folders_crop_flip_skip_unreadable_and_explain_empty_folders(folders, tmp_path):
+    hr_dir, lr_dir = folders
+    (hr_dir / "broken.png").write_bytes(b"not an image")
+    data = image_folders(str(hr_dir), degradation="bicubic", crop=16, seed=3)
+    assert len(data) == 3 and data.skipped == [hr_dir / "broken.png"]
+    assert data[0]["hr"].shape == (3, 16, 16) and data[0]["lr"].shape == (3, 4, 4)
+    paired = image_folders(str(hr_dir), str(lr_dir), crop=16, seed=3)
+    item = paired[1]
+    assert item["hr"].shape == (3, 16, 16) and item["lr"].shape == (3, 4, 4)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidImageError, match="no images in"):  # list_images explains an empty folder
+        image_folders(str(tmp_path / "empty"))
+    with pytest.raises(InvalidImageError, match="smaller than the crop"):
+        image_folders(str(hr_dir), degradation="bicubic", crop=64)[0]
 
 
 def test_item_generators_differ_by_seed_and_index():

@@ -292,7 +292,7 @@ def test_train_recipe_composes_with_the_method():
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(str(config_dir()), version_base=None):
-        cfg = compose("train", overrides=["method=dmsr", "train=dmsr", "data._target_=x.Y"])
+        cfg = compose("train", overrides=["method=dmsr", "train=dmsr", "data=custom", "data._target_=x.Y"])
     assert cfg.train.lr == 1e-4 and cfg.train.lr_schedule == "step" and cfg.train.lr_step_size == 100_000
     assert cfg.train.lr_gamma == 0.5 and cfg.train.max_steps == 300_000 and cfg.train.batch_size == 16
     assert cfg.train.checkpoint_every == 1000  # inherited from conf/train/default.yaml

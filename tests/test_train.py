@@ -220,7 +220,7 @@ def test_run_training_from_the_hydra_config(tmp_path, monkeypatch):
 
     monkeypatch.syspath_prepend(str(HERE.parent))
     overrides = ["method=bicubic", "method._target_=test_train.TinyMethod", "~method.antialias", "method.scale=1",
-                 "data._target_=test_train.TinyData", "train.max_steps=3", "train.batch_size=4", "train.cpu=true",
+                 "data=custom", "data._target_=test_train.TinyData", "train.max_steps=3", "train.batch_size=4", "train.cpu=true",
                  f"train.output_dir={tmp_path}", "train.checkpoint_every=3", "train.progress=false"]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=overrides)

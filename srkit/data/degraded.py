@@ -1,4 +1,4 @@
-"""On-the-fly pairs: HR images from a folder, LR made by a degradation with a per-item seed."""
+"""On-the-fly pairs: HR images from a folder, LR made by a degradation drawn fresh per (seed, epoch, item)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
-from ..io import list_images, read_image
+from ..io import read_image
 from ..types import Degradation
-from .paired import Pair
+from .paired import readable_images
 from .transforms import center_crop, mod_crop, random_crop
 
-__all__ = ["DegradedFolder", "item_generator", "make_degradation"]
+__all__ = ["DegradedFolder", "item_generator", "make_degradation", "random_flip"]
 
 
 def make_degradation(degradation: Degradation | str | Mapping[str, Any]) -> Degradation:
@@ -35,18 +36,30 @@ def make_degradation(degradation: Degradation | str | Mapping[str, Any]) -> Degr
     return result
 
 
-def item_generator(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator seeded from (seed, index) through NumPy's SeedSequence, so nearby items are decorrelated."""
-    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0]
+def item_generator(seed: int, index: int, device: torch.device | str = "cpu", epoch: int = 0) -> torch.Generator:
+    """A generator seeded from (seed, index, epoch) through NumPy's SeedSequence, so nearby items and epochs are
+    decorrelated (and epoch 0 is the (seed, index) stream of earlier srkit versions)."""
+    entropy = [int(seed), int(index)] + ([int(epoch)] if epoch else [])
+    state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
     return torch.Generator(device).manual_seed(int(state) >> 1)
 
 
-class DegradedFolder(Dataset[Pair]):
-    """HR images of ``hr_dir``, each degraded on the fly into a :class:`Pair`.
+def random_flip(images: list[Tensor], generator: torch.Generator) -> list[Tensor]:
+    """The same random horizontal flip and 90-degree rotation of every image (BasicSR's ``augment``)."""
+    hflip, rotate = torch.randint(2, (2,), generator=generator).tolist()
+    return [(image.flip(-1) if hflip else image).rot90(rotate, (-2, -1)) for image in images]
+
+
+class DegradedFolder(Dataset[dict[str, Any]]):
+    """HR images of ``hr_dir``, each degraded on the fly into a dict ``{"name", "hr", "lr"}`` (what
+    ``default_collate`` batches and the methods' ``losses(batch)`` read).
 
     ``crop`` (HR pixels) takes a random crop with ``random_crop=True`` (training) or the central one;
-    the HR is then cropped to a multiple of the degradation's scale. Item ``i`` is deterministic:
-    crop position and degradation draw from :func:`item_generator` ``(seed, i)``.
+    ``flip`` adds a random flip and rotation; the HR is then cropped to a multiple of the degradation's
+    scale. Item ``i`` of epoch ``e`` (:meth:`use_epoch`, which the trainer calls) is deterministic and
+    fresh every epoch: crop, flip and degradation draw from :func:`item_generator` ``(seed, i, epoch=e)``,
+    as the papers degrade anew every iteration. Files that cannot be read are skipped (and counted in
+    ``skipped``) when the dataset is built.
     """
 
     def __init__(
@@ -56,24 +69,32 @@ class DegradedFolder(Dataset[Pair]):
         seed: int = 0,
         crop: int | None = None,
         random_crop: bool = False,
+        flip: bool = False,
     ):
         self.hr_dir = Path(hr_dir)
-        self.paths = list_images(self.hr_dir)
+        self.paths, self.skipped = readable_images(self.hr_dir)
         self.degradation = make_degradation(degradation)
-        self.seed, self.crop, self.random_crop = int(seed), crop, bool(random_crop)
+        self.seed, self.crop, self.random_crop, self.flip = int(seed), crop, bool(random_crop), bool(flip)
+        self.epoch = 0
+
+    def use_epoch(self, epoch: int) -> None:
+        """The trainer's epoch (not ``set_epoch``, which Accelerate's loader calls with its own count of iterators)."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> Pair:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.paths[index]
-        generator = item_generator(self.seed, index)
+        generator = item_generator(self.seed, index, epoch=self.epoch)
         hr = read_image(path)
         if self.crop is not None:
             hr = random_crop(hr, self.crop, generator) if self.random_crop else center_crop(hr, self.crop)
+        if self.flip:
+            (hr,) = random_flip([hr], generator)
         hr = mod_crop(hr, self.degradation.scale).contiguous()
         lr = self.degradation(hr[None], generator)[0]
-        return Pair(path.stem, hr, lr)
+        return {"name": path.stem, "hr": hr, "lr": lr}
 
     def __repr__(self) -> str:
         return f"DegradedFolder({str(self.hr_dir)!r}, {self.degradation!r}, seed={self.seed}, crop={self.crop}, n={len(self)})"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -12,7 +14,28 @@ from torch.utils.data import Dataset
 from ..errors import InvalidImageError
 from ..io import list_images, read_image
 
-__all__ = ["Pair", "PairedFolder"]
+__all__ = ["Pair", "PairedFolder", "readable_images"]
+
+log = logging.getLogger(__name__)
+
+
+def readable_images(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The images of ``folder`` that open as images, and the files skipped (logged); an empty folder is an error."""
+    from PIL import Image, UnidentifiedImageError
+
+    readable, skipped = [], []
+    for path in list_images(folder):
+        try:
+            with Image.open(path) as image:
+                image.verify()
+            readable.append(path)
+        except (OSError, UnidentifiedImageError, SyntaxError) as err:
+            log.warning("skipping %s: not a readable image (%s)", path, err)
+            skipped.append(path)
+    if not readable:
+        raise InvalidImageError(f"{folder} holds no readable image ({len(skipped)} unreadable files); "
+                                "pass a folder of PNG/JPEG/WebP/BMP/TIFF images")
+    return readable, skipped
 
 
 @dataclass
@@ -24,17 +47,22 @@ class Pair:
     lr: Tensor
 
 
-class PairedFolder(Dataset[Pair]):
-    """HR and LR images in two folders, paired by file name without extension (``0001.png`` <-> ``0001.jpg``).
+class PairedFolder(Dataset[dict[str, Any]]):
+    """HR and LR images in two folders, paired by file name without extension (``0001.png`` <-> ``0001.jpg``),
+    as dicts ``{"name", "hr", "lr"}`` (what ``default_collate`` batches and the methods' ``losses(batch)`` read).
 
     Every HR must be exactly ``scale`` times its LR; unmatched names and size mismatches are
-    reported when the dataset is built (names) or when an item is read (sizes).
+    reported when the dataset is built (names) or when an item is read (sizes). For training, ``crop``
+    (HR pixels) takes an aligned random crop of both and ``flip`` a random flip and rotation, drawn from
+    ``(seed, index, epoch)`` (:meth:`use_epoch`).
     """
 
-    def __init__(self, hr_dir: str | os.PathLike[str], lr_dir: str | os.PathLike[str], scale: int = 4):
+    def __init__(self, hr_dir: str | os.PathLike[str], lr_dir: str | os.PathLike[str], scale: int = 4,
+                 crop: int | None = None, flip: bool = False, seed: int = 0):
         if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
             raise InvalidImageError(f"scale must be a positive integer, got {scale!r}")
         self.hr_dir, self.lr_dir, self.scale = Path(hr_dir), Path(lr_dir), scale
+        self.crop, self.flip, self.seed, self.epoch = crop, bool(flip), int(seed), 0
         hr = self._by_name(self.hr_dir)
         lr = self._by_name(self.lr_dir)
         only_hr, only_lr = sorted(hr.keys() - lr.keys()), sorted(lr.keys() - hr.keys())
@@ -50,7 +78,7 @@ class PairedFolder(Dataset[Pair]):
     @staticmethod
     def _by_name(folder: Path) -> dict[str, Path]:
         files: dict[str, Path] = {}
-        for path in list_images(folder):
+        for path in readable_images(folder)[0]:
             if path.stem in files:
                 raise InvalidImageError(
                     f"{folder} has two images named {path.stem!r} ({files[path.stem].name}, {path.name}); keep one"
@@ -61,7 +89,14 @@ class PairedFolder(Dataset[Pair]):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> Pair:
+    def use_epoch(self, epoch: int) -> None:
+        """The trainer's epoch (not ``set_epoch``, which Accelerate's loader calls with its own count of iterators)."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from .degraded import item_generator, random_flip
+        from .transforms import paired_random_crop
+
         name, hr_path, lr_path = self.items[index]
         hr, lr = read_image(hr_path), read_image(lr_path)
         expected = (lr.shape[1] * self.scale, lr.shape[2] * self.scale)
@@ -71,7 +106,13 @@ class PairedFolder(Dataset[Pair]):
                 f"at scale {self.scale} the HR must be {expected[0]}x{expected[1]}; check scale= or crop the HR "
                 "to a multiple of the scale (srkit.data.transforms.mod_crop) before making the LR"
             )
-        return Pair(name, hr, lr)
+        if self.crop is not None or self.flip:
+            generator = item_generator(self.seed, index, epoch=self.epoch)
+            if self.crop is not None:
+                hr, lr = paired_random_crop(hr, lr, self.crop, self.scale, generator)
+            if self.flip:
+                hr, lr = random_flip([hr, lr], generator)
+        return {"name": name, "hr": hr.contiguous(), "lr": lr.contiguous()}
 
     def __repr__(self) -> str:
         return f"PairedFolder({str(self.hr_dir)!r}, {str(self.lr_dir)!r}, scale={self.scale}, n={len(self)})"

@@ -123,7 +123,7 @@ def folder_samples(root: Path, scale: int) -> list[Sample]:
     if (root / "HR").is_dir():
         from ..data.paired import PairedFolder
 
-        return [Sample(p.name, p.lr, p.hr) for p in PairedFolder(root / "HR", root / "LR", scale)]
+        return [Sample(p["name"], p["lr"], p["hr"]) for p in PairedFolder(root / "HR", root / "LR", scale)]
     return [Sample(path.stem, read_image(path)) for path in list_images(root / "LR")]
 
 

@@ -109,22 +109,25 @@ class ResidualShiftSampler(Sampler):
             )
         return list(range(int(steps) - 1, -1, -1))
 
-    def _const(self, table: Tensor, t: int, like: Tensor) -> Tensor:
-        """``table[t]`` rounded to float32 (as officially), then in ``like``'s dtype and device."""
+    def _const(self, table: Tensor, t: int | Tensor, like: Tensor) -> Tensor:
+        """``table[t]`` rounded to float32 (as officially), then in ``like``'s dtype and device: a scalar for an int
+        ``t``, (B, 1, 1, 1) for a (B,) tensor of step indices (one per sample, as in training)."""
+        if isinstance(t, Tensor):
+            return table.float().to(like.device)[t].to(like.dtype).view(-1, *[1] * (like.dim() - 1))
         return table[t].float().to(device=like.device, dtype=like.dtype)
 
-    def scale_input(self, x_t: Tensor, t: int) -> Tensor:
+    def scale_input(self, x_t: Tensor, t: int | Tensor) -> Tensor:
         """The denoiser's input x_t / sqrt(kappa^2 eta_t + 1) (identity when not ``normalize_input``)."""
         if not self.normalize_input:
             return x_t
-        return x_t / self.input_std[t].to(device=x_t.device, dtype=x_t.dtype)
+        return x_t / self._const(self.input_std, t, x_t)
 
     def prior(self, y: Tensor, noise: Tensor, t: int | None = None) -> Tensor:
         """x_t = y + kappa sqrt(eta_t) eps at step index ``t`` (default T-1): ResShift's prior at t = T, LPNSR
         Eq. (3) below it (the forward marginal Eq. (2) with the unknown x_0 replaced by y)."""
         return y + self._const(self.kappa * self.sqrt_etas, self.num_steps - 1 if t is None else t, y) * noise
 
-    def q_sample(self, x0: Tensor, y: Tensor, t: int, noise: Tensor) -> Tensor:
+    def q_sample(self, x0: Tensor, y: Tensor, t: int | Tensor, noise: Tensor) -> Tensor:
         """A draw of q(x_t | x_0, y_0) = N(x_0 + eta_t (y_0 - x_0), kappa^2 eta_t I) (ResShift Eq. (2))."""
         eta = self._const(self.etas, t, x0)
         return x0 + eta * (y - x0) + self._const(self.kappa * self.sqrt_etas, t, x0) * noise

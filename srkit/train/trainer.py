@@ -20,9 +20,13 @@ several processes each batch of ``batch_size`` samples is split between them (``
 so the optimisation does not depend on the number of processes.
 
 Checkpoints (``output_dir/checkpoint-<step>``) are written atomically (a temporary folder renamed
-into place) with Accelerate's ``save_state``: trained modules, EMA copies, optimizers, LR
-schedules, every process's RNG states and the data position (epoch, batch). ``fit()`` resumes from
-the newest one, so an interrupted run continues exactly as if it had not stopped.
+into place) by :mod:`srkit.train.checkpoint`: trained modules, EMA copies, optimizers, LR schedules,
+every process's RNG states and the data position (epoch, batch), in files that load without running
+code (safetensors; ``torch.load(weights_only=True)``). ``fit()`` resumes from the newest one, so an
+interrupted run continues exactly as if it had not stopped. At the end (and with every checkpoint)
+the run folder also holds the method's trained weights as :meth:`srkit.SRMethod.save_pretrained`
+writes them (config + one safetensors file per trained module, + EMA), which
+``srkit.load(name, weights=output_dir)`` reads.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import re
 import shutil
 import warnings
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +48,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import ConfigError, UnsupportedError
+from . import checkpoint
 
 __all__ = ["EpochSampler", "LRSchedule", "Trainer", "run_training"]
 
@@ -223,9 +229,9 @@ class Trainer:
         self.loader = self.accelerator.prepare(loader)
         if len(self.loader) == 0:
             raise ConfigError(f"the dataset has {len(dataset)} samples, fewer than one batch of {batch_size}")  # type: ignore[arg-type]
+        self.dataset = dataset
+        self.data_rng = torch.Generator().manual_seed(seed + 1).get_state()  # see _data_stream
         self.state = _Progress()
-        for obj in [*self.generator_modules.values(), *self.disc_modules.values(), *self.ema.values(), *self.schedulers, self.state]:
-            self.accelerator.register_for_checkpointing(obj)
         self.writer: Any = None
         if tensorboard and self.accelerator.is_main_process:
             try:
@@ -251,29 +257,71 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(tmp))
+        checkpoint.save_checkpoint(tmp, modules=self._checkpointed_modules(), stateful=self._stateful(),
+                                   progress=self.state.state_dict(), rank=self.accelerator.process_index,
+                                   main=self.accelerator.is_main_process, streams={"data": self.data_rng})
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             for old in self.checkpoints()[: -self.keep_checkpoints] if self.keep_checkpoints > 0 else []:
                 shutil.rmtree(old, ignore_errors=True)
+            self.save_pretrained()
         self.accelerator.wait_for_everyone()
         return final
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
-        self.accelerator.load_state(str(path))
+        progress, streams = checkpoint.load_checkpoint(Path(path), modules=self._checkpointed_modules(),
+                                                       stateful=self._stateful(), rank=self.accelerator.process_index)
+        self.state.load_state_dict(progress)
+        self.data_rng = streams["data"]
+
+    def _checkpointed_modules(self) -> dict[str, nn.Module]:
+        return {**{f"generator.{k}": m for k, m in self.generator_modules.items()},
+                **{f"discriminator.{k}": m for k, m in self.disc_modules.items()},
+                **{f"ema.{k}": m for k, m in self.ema.items()}}
+
+    def _stateful(self) -> dict[str, Any]:
+        return {**{f"optimizer.{i}": o for i, o in enumerate(self.optimizers)},
+                **{f"schedule.{i}": s for i, s in enumerate(self.schedulers)}}
+
+    def save_pretrained(self) -> Path | None:
+        """The method's trained weights in ``output_dir`` (:meth:`srkit.SRMethod.save_pretrained`, EMA copies too);
+        ``None`` for a method not built by ``srkit.load`` (its config is unknown: the checkpoints hold its weights)."""
+        if getattr(self.method, "config", None) is None:
+            return None
+        return self.method.save_pretrained(self.output_dir, modules=self.generator_modules, ema=self.ema_modules())
 
     # ------------------------------------------------------------------ training
+
+    @contextmanager
+    def _data_stream(self) -> Iterator[None]:
+        """Run data loading on its own RNG stream (checkpointed too): a dataset that draws from the global RNG, and
+        Accelerate's loader, which fetches one batch ahead, would otherwise interleave their draws with those of
+        losses(), dropout and noise, and a resumed run (which fetches the batch after the checkpoint again) would drift."""
+        training = torch.get_rng_state()
+        torch.set_rng_state(self.data_rng)
+        try:
+            yield
+        finally:
+            self.data_rng = torch.get_rng_state()
+            torch.set_rng_state(training)
 
     def _batches(self) -> Iterator[dict[str, Any]]:
         from accelerate import skip_first_batches
 
         while True:
             self.sampler.use_epoch(self.state.epoch)
+            if hasattr(self.dataset, "use_epoch"):  # on-the-fly degradation: fresh per (seed, epoch, index)
+                self.dataset.use_epoch(self.state.epoch)
             skip = self.state.batch_in_epoch
-            loader = skip_first_batches(self.loader, skip) if skip else self.loader
-            for batch in loader:
+            with self._data_stream():
+                iterator = iter(skip_first_batches(self.loader, skip) if skip else self.loader)
+            while True:
+                with self._data_stream():
+                    batch = next(iterator, None)
+                if batch is None:
+                    break
                 self.state.batch_in_epoch += 1
                 yield batch
             self.state.epoch += 1
@@ -389,12 +437,13 @@ class Trainer:
         bar.close()
         if self.writer is not None:
             self.writer.flush()
+        if self.accelerator.is_main_process and self.state.step == self.max_steps:
+            self.save_pretrained()
         return history
 
     def ema_modules(self) -> dict[str, nn.Module]:
         """The EMA copies of the trained modules (empty without ``ema_decay``)."""
         return {name: averaged.module for name, averaged in self.ema.items()}
-
 
 
 def run_training(cfg: Any) -> list[dict[str, float]]:
@@ -416,4 +465,7 @@ def run_training(cfg: Any) -> list[dict[str, float]]:
     method = build_method(config["method"], weights=config.get("weights"), device="cpu", sampler=config.get("sampler"))
     dataset = instantiate(config["data"], where="data")
     trainer = instantiate(config["train"], where="train", method=method, dataset=dataset)
+    if trainer.accelerator.is_main_process:  # the resolved config of the run, next to its weights
+        trainer.output_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(config), trainer.output_dir / "config.yaml")
     return trainer.fit(resume=bool(config.get("resume", True)))

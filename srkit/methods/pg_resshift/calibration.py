@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ def calibrate(model: ResidualShiftMethod, pairs: Iterable[Any], *, mode: str = "
     """Fit alpha_t on LR-HR pairs (Algorithm 1, Eqs. (9)-(10) with B = 0; see
     :class:`~srkit.methods.pg_resshift.method.PosteriorGuidedResShift`).
 
-    ``pairs``: items with ``lr`` and ``hr`` attributes (:class:`srkit.data.paired.Pair`) or ``(lr, hr)`` tuples,
+    ``pairs``: dicts with ``lr`` and ``hr`` (the datasets' items), items with those attributes
+    (:class:`srkit.data.paired.Pair`) or ``(lr, hr)`` tuples,
     images (3, h, w) or batches in [0, 1]. The chain runs unguided, seeded by ``seed``; only the unpadded latent
     region enters the sums.
     """
@@ -32,7 +33,7 @@ def calibrate(model: ResidualShiftMethod, pairs: Iterable[Any], *, mode: str = "
     generator = torch.Generator(model.device).manual_seed(int(seed))
     count = 0
     for item in pairs:
-        lr, hr = (item.lr, item.hr) if hasattr(item, "lr") else item
+        lr, hr = (item["lr"], item["hr"]) if isinstance(item, Mapping) else (item.lr, item.hr) if hasattr(item, "lr") else item
         lr = check_image_tensor(lr).to(model.device, model.dtype)
         hr = check_image_tensor(hr, name="hr").to(model.device, model.dtype)
         if hr.shape[-2:] != (model.scale * lr.shape[-2], model.scale * lr.shape[-1]):
@@ -81,7 +82,7 @@ def run_calibration(cfg: Any) -> Path:
     count = len(data) if cfg.limit is None else min(len(data), int(cfg.limit))
     pairs = [data[i] for i in range(count)]
     if cfg.crop is not None:
-        pairs = [paired_center_crop(p.hr, p.lr, int(cfg.crop), model.scale)[::-1] for p in pairs]
+        pairs = [paired_center_crop(p["hr"], p["lr"], int(cfg.crop), model.scale)[::-1] for p in pairs]
     scales = calibrate(model, pairs, mode=cfg.mode, per_step=cfg.per_step, seed=cfg.seed)
     path = scales.save(cfg.output)
     values = ", ".join(f"{v:.4g}" for v in scales.alpha.tolist())

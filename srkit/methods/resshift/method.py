@@ -3,6 +3,12 @@
 The pipeline is :class:`srkit.pipelines.residual_shift.ResidualShiftMethod` (which picks the released checkpoint
 and its schedule by ``steps``) with no hook.
 
+Training (journal config ``configs/realsr_swinunet_realesrgan256_journal.yaml``, ``TrainerDifIRLPIPS``;
+shared/facts/resshift-lpnsr.md sec. 1.3): the Swin-UNet alone, x0-prediction in the latent: t ~ U{0..T-1},
+x_t ~ q(x_t | z_0, z_y) (Eq. (2)), loss = MSE(f(x_t, y_0, t), z_0) + LPIPS-VGG(decode(f), HR), weights [1.0, 1.0]
+(``loss_weights``; LPIPS needs torchvision's VGG16 file, ``lpips_weights``, which cannot be downloaded here:
+``lpips: 0`` trains on the latent MSE alone). The recipe's optimiser and schedule are ``conf/train/resshift.yaml``.
+
 Tiling differs from the official ``ImageSpliterTh`` on purpose: overlapping tiles are blended
 smoothly by :func:`srkit.tiling.tiled_apply` instead of averaged uniformly; like the official code,
 every tile draws its own noise (from the one seeded generator, in tile order).
@@ -10,18 +16,56 @@ every tile draws its own noise (from the one seeded generator, in tile order).
 
 from __future__ import annotations
 
-from ...errors import UnsupportedError
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...diffusion import MeanCorrectionHook, NoiseHook
+from ...errors import ConfigError, UnsupportedError
 from ...pipelines.residual_shift import ResidualShiftMethod
+from ...tiling import pad_to_multiple
 from . import DESCRIPTOR
 
-__all__ = ["ResShift"]
+__all__ = ["LOSS_WEIGHTS", "ResShift"]
+
+LOSS_WEIGHTS = {"mse": 1.0, "lpips": 1.0}  # TrainerDifIRLPIPS, loss_coef [1.0, 1.0]
+
 
 class ResShift(ResidualShiftMethod):
     """ResShift x4 real-world SR with the official Swin-UNet denoiser and VQ-f4 autoencoder: the residual-shift
     pipeline with no hook by default (``noise`` / ``mean_correction`` by config, e.g. PG-ResShift's guidance);
-    ``sr()`` runs the checkpoint's T steps."""
+    ``sr()`` runs the checkpoint's T steps. ``for_training`` builds the losses of the module docstring."""
 
     descriptor = DESCRIPTOR
+
+    def __init__(
+        self,
+        steps: int = 4,
+        weights: str | None = None,
+        dtype: torch.dtype = torch.float32,
+        unet_config: Mapping[str, Any] | None = None,
+        autoencoder_config: Mapping[str, Any] | None = None,
+        noise: NoiseHook | None = None,
+        mean_correction: MeanCorrectionHook | None = None,
+        color_fix: str | None = None,
+        for_training: bool = False,
+        loss_weights: Mapping[str, float] | None = None,
+        lpips_weights: str | None = None,
+    ):
+        super().__init__(steps, weights, dtype, unet_config, autoencoder_config, noise=noise, mean_correction=mean_correction,
+                         color_fix=color_fix)
+        unknown = sorted(set(loss_weights or {}) - set(LOSS_WEIGHTS))
+        if unknown:
+            raise ConfigError(f"unknown resshift loss weights {unknown}; the terms are {', '.join(LOSS_WEIGHTS)}")
+        self.for_training, self.loss_weights = for_training, {**LOSS_WEIGHTS, **(loss_weights or {})}
+        self.lpips: nn.Module | None = None
+        if for_training and self.loss_weights["lpips"]:
+            from ...losses.lpips import PixelLPIPS
+
+            self.lpips = PixelLPIPS("vgg", backbone_weights=lpips_weights)
 
     def _check_steps(self, steps: int | None) -> int | None:
         if steps is not None and steps != self.sampler.num_steps:
@@ -30,3 +74,27 @@ class ResShift(ResidualShiftMethod):
                 f"build it with srkit.load('resshift', steps={steps}) and that schedule's checkpoint"
             )
         return steps
+
+    # ---------------------------------------------------------------------------------------- training
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        if not self.for_training:
+            raise UnsupportedError("this resshift model was built for inference; build it with for_training=True to train")
+        return {"unet": self.unet}
+
+    def losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """x0-prediction loss at a uniform step per sample (see the module docstring), on ``lr`` (B, 3, h, w) and
+        ``hr`` (B, 3, 4h, 4w) in [0, 1]."""
+        self.trainable_modules()
+        lr, hr = batch["lr"], batch["hr"]
+        chain = self.condition(self.prepare(lr), None)
+        with torch.no_grad():
+            z_0 = self.autoencoder.encode(pad_to_multiple(self.to_model_range(hr), self.scale * self.size_multiple))
+        t = torch.randint(0, self.sampler.num_steps, (lr.shape[0],), device=lr.device)
+        x_t = self.sampler.q_sample(z_0, chain.y, t, torch.randn_like(z_0))
+        x0_pred = self.unet(self.sampler.scale_input(x_t, t), t, lq=chain.lr)
+        terms = {"mse": self.loss_weights["mse"] * F.mse_loss(x0_pred, z_0)}
+        if self.lpips is not None:
+            image = self.from_model_range(self.autoencoder.decode(x0_pred))[..., : hr.shape[-2], : hr.shape[-1]]
+            terms["lpips"] = self.loss_weights["lpips"] * self.lpips(image, hr).mean()
+        return terms
