@@ -16,6 +16,13 @@ from .guidance import GuidanceScales, _sign, kl_direction
 __all__ = ["calibrate", "run_calibration"]
 
 
+def lr_hr(item: Any) -> tuple[Any, Any]:
+    """(lr, hr) of a dataset item: a dict (the folder datasets), a :class:`srkit.data.paired.Pair` or a tuple."""
+    if isinstance(item, Mapping):
+        return item["lr"], item["hr"]
+    return (item.lr, item.hr) if hasattr(item, "lr") else tuple(item)
+
+
 @torch.no_grad()
 def calibrate(model: ResidualShiftMethod, pairs: Iterable[Any], *, mode: str = "non-reference",
               per_step: bool = True, seed: int = 0) -> GuidanceScales:
@@ -33,7 +40,7 @@ def calibrate(model: ResidualShiftMethod, pairs: Iterable[Any], *, mode: str = "
     generator = torch.Generator(model.device).manual_seed(int(seed))
     count = 0
     for item in pairs:
-        lr, hr = (item["lr"], item["hr"]) if isinstance(item, Mapping) else (item.lr, item.hr) if hasattr(item, "lr") else item
+        lr, hr = lr_hr(item)
         lr = check_image_tensor(lr).to(model.device, model.dtype)
         hr = check_image_tensor(hr, name="hr").to(model.device, model.dtype)
         if hr.shape[-2:] != (model.scale * lr.shape[-2], model.scale * lr.shape[-1]):
@@ -80,9 +87,9 @@ def run_calibration(cfg: Any) -> Path:
     assert isinstance(data_config, dict)
     data = instantiate(data_config, where="calibrate data")
     count = len(data) if cfg.limit is None else min(len(data), int(cfg.limit))
-    pairs = [data[i] for i in range(count)]
+    pairs = [lr_hr(data[i]) for i in range(count)]
     if cfg.crop is not None:
-        pairs = [paired_center_crop(p["hr"], p["lr"], int(cfg.crop), model.scale)[::-1] for p in pairs]
+        pairs = [paired_center_crop(hr, lr, int(cfg.crop), model.scale)[::-1] for lr, hr in pairs]
     scales = calibrate(model, pairs, mode=cfg.mode, per_step=cfg.per_step, seed=cfg.seed)
     path = scales.save(cfg.output)
     values = ", ".join(f"{v:.4g}" for v in scales.alpha.tolist())
