@@ -9,14 +9,22 @@ lists the options of the command's YAML with their comments, and a bad command l
 
 from __future__ import annotations
 
+import difflib
+import hashlib
+import json
+import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
-from .errors import ConfigError, SrkitError
+from .errors import ConfigError, InvalidImageError, SrkitError
+
+log = logging.getLogger("srkit.cli")  # not __name__: that is "__main__" under `python -m srkit.cli`
 
 
 class Command(NamedTuple):
@@ -28,7 +36,7 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {
     "sr": Command("sr", "super-resolve an image file or a folder", "srkit sr input=PATH [method=NAME] [key=value ...]"),
     "train": Command("train", "train a method that has losses()",
-                     "srkit train method=NAME data._target_=pkg.Dataset [train.KEY=VALUE ...]"),
+                     "srkit train method=NAME data.hr=DIR [data.lr=DIR] [train=NAME] [train.KEY=VALUE ...]"),
     "bench": Command("bench", "measure the papers' tables with what is available",
                      "srkit bench [+bench=mini] [methods=[NAME,...]] [key=value ...]"),
     "convert": Command("convert", "official checkpoint -> srkit safetensors",
@@ -44,50 +52,64 @@ COMMANDS: dict[str, Command] = {
 
 
 def run_sr(cfg: Any) -> dict[str, list[Path]]:
-    """Super-resolve ``cfg.input`` (file or folder) into ``cfg.output``; returns written/skipped/failed."""
-    from omegaconf import OmegaConf
+    """Super-resolve ``cfg.input`` (file or folder) into ``cfg.output``; returns written/skipped/failed.
 
-    from .io import list_images, read_image, write_image
+    Every option is checked first (:func:`_sr_options`), then the output names (:func:`_sr_jobs`) and the output
+    folder; the model is built only when some image needs it. An existing output is kept only where the folder's
+    manifest (:class:`_Manifest`) says it was made from the same file with the same settings. In a folder run an
+    image that fails is reported and the run goes on.
+    """
+    from tqdm.auto import tqdm
+
     from .registry import build_method
 
-    source = Path(cfg.input)
-    if source.is_dir():
-        inputs = list_images(source, recursive=cfg.recursive)
-    elif source.exists():
-        inputs = [source]
-    else:
-        raise SrkitError(f"input {str(source)!r} does not exist; pass input=<image file or folder>")
-    output = Path(cfg.output)
-    method_config = OmegaConf.to_container(cfg.method, resolve=True)
-    assert isinstance(method_config, dict)
-    model = build_method(method_config, weights=cfg.weights, device=cfg.device, dtype=cfg.dtype,
-                         sampler=OmegaConf.to_container(cfg.sampler, resolve=True) if "sampler" in cfg else None)
-
+    options = _sr_options(cfg)
+    jobs, manifest_folder = _sr_jobs(options["input"], options["output"], recursive=options["recursive"],
+                                     overwrite=options["overwrite"])
+    _prepare_output_folder(manifest_folder or options["output"].parent,
+                           recursive=options["recursive"] and manifest_folder is not None)
+    method_config = _plain(cfg.method)
+    sampler_config = _plain(cfg.sampler) if "sampler" in cfg else None
+    settings = {"method": _method_choice(), "config": method_config, "sampler": sampler_config,
+                **{key: options[key] for key in _SETTINGS_KEYS}}
+    manifest = _Manifest(manifest_folder, settings) if manifest_folder else None
+    folder_run = options["input"].is_dir()
     report: dict[str, list[Path]] = {"written": [], "skipped": [], "failed": []}
-    for path in inputs:
-        relative = path.relative_to(source) if source.is_dir() else Path(path.name)
-        target = (output / relative).with_suffix(".png")
-        if target.exists() and not cfg.overwrite:
-            report["skipped"].append(target)
-            continue
+
+    def failed(job: _Job, err: SrkitError) -> None:
+        if not folder_run:
+            raise err
+        log.error("%s: %s; skipped", job.source, err)
+        report["failed"].append(job.source)
+
+    pending: list[tuple[_Job, str]] = []
+    for job in jobs:
         try:
-            lr = read_image(path).unsqueeze(0)
-            hr = model.sr(
-                lr, steps=cfg.steps, seed=cfg.seed, tile=cfg.tile, tile_overlap=cfg.tile_overlap,
-                tile_batch=cfg.tile_batch, decoder_tile=cfg.decoder_tile, color_fix=cfg.color_fix, progress=cfg.progress,
-            )
-            write_image(target, hr[0], bits=cfg.bits)
-            report["written"].append(target)
+            digest = _sha256(job.source)
+            if manifest is not None and not options["overwrite"] and manifest.keeps(job, digest):
+                report["skipped"].append(job.target)
+            else:
+                pending.append((job, digest))
         except SrkitError as err:
-            if len(inputs) == 1:
-                raise
-            print(f"srkit: skipping {path}: {err}", file=sys.stderr)
-            report["failed"].append(path)
+            failed(job, err)
+    if not pending:
+        return report
+    model = build_method(method_config, weights=options["weights"], device=options["device"], dtype=options["dtype"],
+                         sampler=sampler_config)
+    for job, digest in tqdm(pending, desc="images", unit="image", disable=not (folder_run and options["progress"])):
+        try:
+            _super_resolve(model, job.source, job.target, options)
+            if manifest is not None:
+                manifest.record(job, digest)
+            report["written"].append(job.target)
+        except SrkitError as err:
+            failed(job, err)
     return report
 
 
 def _sr_task(cfg: Any) -> None:
-    report = run_sr(cfg)
+    with _console_log("sr"):
+        report = run_sr(cfg)
     print(
         f"srkit sr: wrote {len(report['written'])}, kept {len(report['skipped'])} existing "
         f"(overwrite=true to redo), failed {len(report['failed'])} -> {Path(cfg.output).resolve()}"
@@ -218,8 +240,6 @@ def _check_given(command: str, cfg: Any) -> None:
 
 def _command_line_error(err: Exception) -> ConfigError:
     """Hydra's report of a bad command line, on one line and with close matches."""
-    import difflib
-
     first_line = str(err).splitlines()[0].rstrip(".")
     cause = err.__cause__
     parent, key, full_key = (getattr(cause, name, None) for name in ("parent_node", "key", "full_key"))
@@ -245,6 +265,320 @@ def _command_line_error(err: Exception) -> ConfigError:
 def _exit_with_error(command: str, err: SrkitError) -> NoReturn:
     print(f"srkit {command}: error: {err}", file=sys.stderr)
     raise SystemExit(2) from None
+
+
+# ------------------------------------------------------------------------------------------------
+# srkit sr: strict options, output names, the resume manifest
+
+MANIFEST_NAME = "srkit-manifest.json"  # in the output folder: what each result there was made from
+_FLAG_WORDS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+_SR_KNOBS = ("steps", "seed", "tile", "tile_overlap", "tile_batch", "decoder_tile", "color_fix")  # passed to sr()
+# What makes a result: recorded in the manifest, so a result is kept only for the same values. Not the device:
+# devices differ by float rounding only.
+_SETTINGS_KEYS = ("weights", "dtype", *_SR_KNOBS, "bits")
+# Top-level keys beside the options: the method and the sampler settings a diffusion method's YAML adds.
+_SR_COMPOSED_KEYS = ("method", "sampler")
+
+
+class _NotAllowed(Exception):
+    """A value an option does not take; the message says what it takes."""
+
+
+def _flag(value: Any) -> bool:
+    word = str(value).lower() if isinstance(value, (bool, int, str)) else None
+    if word not in _FLAG_WORDS:
+        raise _NotAllowed("true or false (yes/no and 1/0 work too)")
+    return _FLAG_WORDS[word]
+
+
+def _whole(minimum: int, *, null: str | None = None) -> Callable[[Any], int | None]:
+    """A parser of whole numbers >= ``minimum``; ``null`` says what null means where it is allowed."""
+    allowed = f"a whole number >= {minimum}" + (f", or null ({null})" if null else "")
+
+    def parse(value: Any) -> int | None:
+        if value is None and null:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
+            return value
+        raise _NotAllowed(allowed)
+
+    return parse
+
+
+def _text(*, null: str | None = None) -> Callable[[Any], str | None]:
+    """A parser of non-empty text (paths, names); ``null`` says what null means where it is allowed."""
+    allowed = "a non-empty value" + (f", or null ({null})" if null else "")
+
+    def parse(value: Any) -> str | None:
+        if value is None and null:
+            return None
+        if isinstance(value, str) and value.strip():
+            return value
+        raise _NotAllowed(allowed)
+
+    return parse
+
+
+def _path(value: Any) -> Path:
+    if isinstance(value, str) and value.strip():
+        return Path(value)
+    raise _NotAllowed("a file or folder path")
+
+
+def _bits(value: Any) -> int | None:
+    if value is None or (value in (8, 16) and not isinstance(value, bool)):
+        return value
+    raise _NotAllowed("8 or 16, or null (the bit depth of each input)")
+
+
+def _color_fix(value: Any) -> str | None:
+    from .ops.color import check_color_fix
+
+    return None if value is None else check_color_fix(value)  # its ConfigError names the colour fixes
+
+
+# One parser per key of conf/sr.yaml (tests/test_cli_errors.py checks that they agree).
+_SR_OPTIONS: dict[str, Callable[[Any], Any]] = {
+    "input": _path, "output": _path, "recursive": _flag, "weights": _text(null="the method's default files"),
+    "device": _text(), "dtype": _text(), "steps": _whole(1, null="the method's default"),
+    "seed": _whole(0, null="unseeded"), "tile": _whole(1, null="whole images"), "tile_overlap": _whole(0),
+    "tile_batch": _whole(1), "decoder_tile": _whole(8, null="untiled decoding"), "color_fix": _color_fix,
+    "bits": _bits, "overwrite": _flag, "progress": _flag,
+}
+
+
+def _sr_options(cfg: Any) -> dict[str, Any]:
+    """The options of ``srkit sr``, each checked, or a ConfigError naming the key, its value and what it takes."""
+    known = [*_SR_OPTIONS, *_SR_COMPOSED_KEYS]
+    for key in cfg:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"+{key}={_as_typed(cfg[key])}: srkit sr has no option {key!r}.{hint} "
+                              "(`srkit sr --help` lists the options)")
+    options = {}
+    for key, parse in _SR_OPTIONS.items():
+        try:
+            options[key] = parse(cfg[key])
+        except _NotAllowed as allowed:
+            raise ConfigError(f"{key}={_as_typed(cfg[key])} is not valid: {key} takes {allowed}") from None
+    return options
+
+
+def _as_typed(value: Any) -> str:
+    """A config value as it is written on the command line."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _plain(node: Any) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def _method_choice() -> str:
+    """The method=NAME of the running command."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return str(HydraConfig.get().runtime.choices["method"])
+
+
+class _Job(NamedTuple):
+    source: Path  # the input file
+    name: str  # the input relative to the input folder (posix), as the manifest records it
+    target: Path  # the output file
+    key: str  # the output relative to the output folder (posix): its manifest entry
+
+
+def _sr_jobs(source: Path, output: Path, *, recursive: bool, overwrite: bool) -> tuple[list[_Job], Path | None]:
+    """What to write where, and the folder whose manifest records it (None: ``output`` names the one file to write).
+
+    An output is named after its input with the extension ``.png``; where two inputs of a folder share that name
+    (``x.png`` and ``x.jpg``), each keeps its own extension too (``x.png.png``, ``x.jpg.png``).
+    """
+    from .io import READ_EXTENSIONS, list_images
+
+    if source.is_dir():
+        files = list_images(source, recursive=recursive)
+        relatives = [path.relative_to(source) for path in files]
+    elif source.exists():
+        if output.suffix.lower() in READ_EXTENSIONS and not output.is_dir():  # output=result.png: that file
+            if output.suffix.lower() != ".png":
+                raise ConfigError(f"output={output}: srkit sr writes PNG files; name a .png file or a folder")
+            if output.exists() and not overwrite:
+                raise ConfigError(f"output={output} exists; pass overwrite=true to replace it, or name another file")
+            jobs = [_Job(source, source.name, output, output.name)]
+            _check_not_an_input(jobs)
+            return jobs, None
+        files, relatives = [source], [Path(source.name)]
+    else:
+        raise SrkitError(f"input {str(source)!r} does not exist; pass input=<image file or folder>")
+    names = _output_names(relatives)
+    jobs = [_Job(file, relative.as_posix(), output / name, name.as_posix()) for file, relative, name in zip(files, relatives, names)]
+    _check_not_an_input(jobs)
+    return jobs, output
+
+
+def _output_names(relatives: Sequence[Path]) -> list[Path]:
+    """The output of each input (relative paths): ``x.jpg`` -> ``x.png``, or ``x.jpg.png`` where two inputs would
+    share ``x.png``. Names are compared case-insensitively, as on macOS and Windows file systems."""
+    plain = [relative.with_suffix(".png") for relative in relatives]
+    counts: dict[str, int] = {}
+    for name in plain:
+        counts[name.as_posix().casefold()] = counts.get(name.as_posix().casefold(), 0) + 1
+    names = [name if counts[name.as_posix().casefold()] == 1 else relative.with_name(f"{relative.name}.png")
+             for relative, name in zip(relatives, plain)]
+    writers: dict[str, Path] = {}
+    for relative, name in zip(relatives, names):  # x.png.jpg's x.png.png can still meet x.png's
+        other = writers.setdefault(name.as_posix().casefold(), relative)
+        if other != relative:
+            raise ConfigError(f"{other} and {relative} would both be written to {name}; rename one of them")
+    return names
+
+
+def _check_not_an_input(jobs: Sequence[_Job]) -> None:
+    """Refuse to write a result over an input (output= the input folder, or the input file itself)."""
+    inputs = {job.source.resolve() for job in jobs}
+    clash = next((job.target for job in jobs if job.target.resolve() in inputs), None)
+    if clash is not None:
+        raise ConfigError(f"the result {clash} would replace that input; choose another output= (a folder of its own)")
+
+
+def _prepare_output_folder(folder: Path, *, recursive: bool) -> None:
+    """Create ``folder`` and check that it takes files (a one-line error before any model is built), and delete
+    the partial files an interrupted write left there."""
+    from .io import remove_partial_writes
+
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"the output folder {folder} is a file; choose another output=")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()  # nameless: a killed run leaves nothing behind
+    except OSError as e:
+        raise ConfigError(f"cannot write into the output folder {folder}: {e.strerror or e}; "
+                          "choose another output= or fix the folder's permissions") from None
+    partial = remove_partial_writes(folder, recursive=recursive)
+    if partial:
+        log.info("removed %d partial file(s) of an interrupted write: %s", len(partial), ", ".join(p.name for p in partial))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as e:
+        raise InvalidImageError(f"cannot read {path}: {e.strerror or e}; check the file's permissions") from e
+    return digest.hexdigest()
+
+
+class _Manifest:
+    """``srkit-manifest.json`` of an output folder: for each output, the input it was made from (name, SHA-256)
+    and the settings that made it (method, config, weights, steps, seed, tiles, ...; kept once per settings).
+
+    It is rewritten atomically after each result, so it never records a result that was not written.
+    """
+
+    VERSION = 1
+
+    def __init__(self, folder: Path, settings: dict[str, Any]):
+        self.path = folder / MANIFEST_NAME
+        self.settings = json.loads(json.dumps(settings))  # as JSON holds it: tuples as lists, keys as text
+        self.settings_id = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:16]
+        self.known_settings, self.outputs = self._load()
+
+    def _load(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}, {}
+        except (OSError, ValueError) as e:
+            log.warning("%s cannot be read (%s); its results are redone", self.path, e)
+            return {}, {}
+        if not (isinstance(data, dict) and data.get("version") == self.VERSION
+                and isinstance(data.get("settings"), dict) and isinstance(data.get("outputs"), dict)):
+            log.warning("%s is not a manifest of this srkit version; its results are redone", self.path)
+            return {}, {}
+        return data["settings"], data["outputs"]
+
+    def _entry(self, job: _Job, digest: str) -> dict[str, str]:
+        return {"source": job.name, "sha256": digest, "settings": self.settings_id}
+
+    def keeps(self, job: _Job, digest: str) -> bool:
+        """Whether the output of ``job`` exists and was made from this input (``digest``) with these settings.
+
+        An existing output the manifest has no record of is an error: srkit replaces only what it wrote.
+        """
+        if not job.target.exists():
+            return False
+        entry = self.outputs.get(job.key)
+        if entry is None:
+            raise ConfigError(
+                f"{job.target} exists but {self.path} has no record of it (written by something else, or by an "
+                "srkit without manifests); pass overwrite=true to replace it, or move it away"
+            )
+        if entry == self._entry(job, digest):
+            return True
+        log.info("%s was made from another file or with other settings; redoing it", job.target)
+        return False
+
+    def record(self, job: _Job, digest: str) -> None:
+        from .io import atomic_file
+
+        self.outputs[job.key] = self._entry(job, digest)
+        self.known_settings[self.settings_id] = self.settings
+        used = {entry.get("settings") for entry in self.outputs.values() if isinstance(entry, dict)}
+        self.known_settings = {key: value for key, value in self.known_settings.items() if key in used}
+        data = {"version": self.VERSION, "settings": self.known_settings, "outputs": self.outputs}
+        with atomic_file(self.path) as file:
+            file.write(json.dumps(data, indent=1, sort_keys=True).encode())
+
+
+def _super_resolve(model: Any, source: Path, target: Path, options: dict[str, Any]) -> None:
+    """One image: the model super-resolves the colour; an alpha channel is upscaled apart (bicubic) and kept."""
+    from .io import decode_image, image_format, write_image
+    from .ops.resize import bicubic_upsample
+
+    image = decode_image(source)
+    hr = model.sr(image.color[None], progress=options["progress"], **{key: options[key] for key in _SR_KNOBS})[0]
+    alpha = None if image.alpha is None else bicubic_upsample(image.alpha[None], model.scale)[0].clamp(0, 1)
+    bits = options["bits"] or image.write_bits
+    written = image_format(bits, 3 if alpha is None else 4)
+    if written != image.format:
+        log.warning("%s: %s is written as %s", source, image.format, written)
+    write_image(target, hr, bits=bits, alpha=alpha)
+
+
+class _ConsoleHandler(logging.Handler):
+    """Each record as one ``srkit <command>: [warning: ]message`` line on stderr, printed above any progress bar."""
+
+    def __init__(self, command: str):
+        super().__init__()
+        self.command = command
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        level = "" if record.levelno <= logging.INFO else f"{record.levelname.lower()}: "
+        try:
+            tqdm.write(f"srkit {self.command}: {level}{record.getMessage()}", file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+@contextmanager
+def _console_log(command: str) -> Iterator[None]:
+    """Show srkit's log records (info and above) on the console while a command runs."""
+    logger = logging.getLogger("srkit")
+    handler, level = _ConsoleHandler(command), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -352,8 +686,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
-        import difflib
-
         close = difflib.get_close_matches(command, COMMANDS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         print(f"srkit: unknown command {command!r}.{hint}\n\n{_usage()}", file=sys.stderr)

@@ -2,11 +2,16 @@
 
 Every bad input raises :class:`~srkit.errors.InvalidImageError` with a message that names the
 problem and the fix. Tensors are float32 ``(3, H, W)`` in [0, 1]; samples keep their full precision
-(8-bit files map by /255, 16-bit files by /65535). Colour profiles are not applied.
+(8-bit files map by /255, 16-bit files by /65535). Embedded ICC colour profiles of 8-bit images are
+converted to sRGB on read. What a read or write changes about a file (a profile converted, a
+profile it cannot apply) is logged as a one-line warning on the ``srkit.io`` logger.
 """
 
 from __future__ import annotations
 
+import functools
+import io
+import logging
 import os
 import re
 import secrets
@@ -14,12 +19,15 @@ import struct
 import sys
 import threading
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidImageError
 from .types import check_image_tensor
@@ -28,20 +36,49 @@ from .types import check_image_tensor
 IMAGE_EXTENSIONS = {
     ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP",
 }
+# What list_images finds: the formats written, and GIF, which is read (its first frame) but never written.
+READ_EXTENSIONS = (*IMAGE_EXTENSIONS, ".gif")
+_ALPHA_FORMATS = ("PNG", "WEBP", "TIFF")  # Pillow writes BMP's alpha as RGB and JPEG has none
 AlphaMode = Literal["white", "black", "drop", "error"]
 _ALPHA_MODES = ("white", "black", "drop", "error")
 _TOLERANCE = 1e-3  # float samples this far outside [0, 1] are clamped, further ones rejected
 # Full chroma and high quality: outputs of super-resolution are mostly judged on fine detail.
 _SAVE_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 95}, "TIFF": {"compression": "tiff_deflate"}}
-# 8-bit modes and the mode their samples are read in: gray, gray+alpha, RGB or RGBA.
+# 8-bit modes: the mode their samples are read in (gray, gray+alpha, RGB or RGBA) and what the file stores.
 _EIGHT_BIT_MODES = {
-    "1": "L", "L": "L", "LA": "LA", "La": "LA", "P": "RGB", "PA": "RGBA", "RGB": "RGB", "RGBX": "RGB",
-    "RGBA": "RGBA", "RGBa": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "HSV": "RGB",
+    "1": ("L", "gray"), "L": ("L", "gray"), "LA": ("LA", "gray+alpha"), "La": ("LA", "gray+alpha"),
+    "P": ("RGB", "palette"), "PA": ("RGBA", "palette+alpha"), "RGB": ("RGB", "RGB"), "RGBX": ("RGB", "RGB"),
+    "RGBA": ("RGBA", "RGBA"), "RGBa": ("RGBA", "RGBA"), "CMYK": ("RGB", "CMYK"), "YCbCr": ("RGB", "YCbCr"),
+    "HSV": ("RGB", "HSV"),
 }
+_CHANNEL_KINDS = {1: "gray", 2: "gray+alpha", 3: "RGB", 4: "RGBA"}
 _WIDE_RAWMODE = re.compile(r"(RGBA?|RGBX);16([BLN])")  # 16-bit colour that Pillow unpacks to 8 bits
 _OTHER_BYTE = {"B": "L", "L": "B", "N": "B" if sys.byteorder == "little" else "L"}
 _PIXEL_LIMIT_LOCK = threading.Lock()
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")  # atomic_file's temporary files: .NAME.<12 hex digits>.tmp
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An image file as :func:`decode_image` reads it: sRGB colour, its alpha kept apart, and what the file stored."""
+
+    color: torch.Tensor  # float32 (3, H, W) in [0, 1]; gray replicated to three channels
+    alpha: torch.Tensor | None  # float32 (1, H, W) in [0, 1]; None when the file has no alpha channel
+    bits: int  # bits per sample in the file: 1, 8, 16 or 32
+    format: str  # what the file stores, e.g. "8-bit palette", "16-bit gray+alpha" (see image_format)
+
+    @property
+    def write_bits(self) -> int:
+        """The PNG bit depth that keeps every sample of the file: 16 for files with more than 8 bits."""
+        return 16 if self.bits > 8 else 8
+
+
+def image_format(bits: int, channels: int) -> str:
+    """How formats are named in messages: ``image_format(16, 4) == "16-bit RGBA"``; channels 1 to 4."""
+    return f"{bits}-bit {_CHANNEL_KINDS[channels]}"
 
 
 def read_image(
@@ -49,46 +86,66 @@ def read_image(
 ) -> torch.Tensor:
     """Read an image file as a float32 ``(3, H, W)`` tensor in [0, 1].
 
-    PNG, JPEG, WebP, TIFF and BMP, 8- or 16-bit, are supported (other formats Pillow opens are
-    read too); the EXIF orientation is applied. Gray is replicated to three channels; palette,
+    PNG, JPEG, WebP, TIFF, BMP and GIF, 8- or 16-bit, are supported (other formats Pillow opens are
+    read too); the EXIF orientation is applied and an embedded ICC profile converted to sRGB (8-bit
+    images; see :func:`decode_image`). Gray is replicated to three channels; palette,
     CMYK and YCbCr images are converted to RGB. 32-bit float ('F') images are read as intensities
     in [0, 1] and rejected outside it. Of a multi-frame file (animated GIF/WebP/PNG, multi-page
     TIFF) the first frame is read.
 
     ``alpha`` says what to do with transparency: composite over ``"white"`` (default) or
-    ``"black"``, ``"drop"`` the alpha channel, or raise (``"error"``) if any pixel is not opaque.
+    ``"black"``, ``"drop"`` the alpha channel, or raise (``"error"``) if any pixel is not opaque;
+    :func:`decode_image` keeps it instead.
     ``max_pixels`` guards against decompression bombs (``None`` disables it); it replaces
     Pillow's own global limit. Truncated files raise unless the process has set Pillow's
     ``ImageFile.LOAD_TRUNCATED_IMAGES``; a file whose pixel data is complete is accepted.
     """
     if alpha not in _ALPHA_MODES:
         raise InvalidImageError(f"alpha must be one of {', '.join(map(repr, _ALPHA_MODES))}, got {alpha!r}")
-    path = _existing_file(path)
-    samples = _samples(path, max_pixels)
-    if samples.shape[-1] in (2, 4):
-        samples, opacity = samples[..., :-1], samples[..., -1:]
-        if alpha == "error" and (opacity < 1).any():
+    image = decode_image(path, max_pixels=max_pixels)
+    color, opacity = image.color, image.alpha
+    if opacity is None or alpha == "drop":
+        return color
+    if alpha == "error":
+        if (opacity < 1).any():
             raise InvalidImageError(
                 f"{path} has transparent pixels and alpha='error'; "
                 "pass alpha='white', 'black' or 'drop' to say how to flatten it"
             )
-        if alpha == "white":
-            samples = samples * opacity + (1 - opacity)
-        elif alpha == "black":
-            samples = samples * opacity
-    if samples.shape[-1] == 1:
-        samples = np.repeat(samples, 3, axis=-1)
+        return color
+    return color * opacity + (1 - opacity) if alpha == "white" else color * opacity
+
+
+def decode_image(path: str | os.PathLike[str], *, max_pixels: int | None = 2**28) -> DecodedImage:
+    """Read an image file as :func:`read_image` does, keeping its alpha channel and saying what it stored.
+
+    An embedded ICC profile that is not sRGB is converted to sRGB (Pillow's ImageCms) with a warning;
+    Pillow converts 8-bit images only, so a profile of a 16- or 32-bit file is left unapplied, with a warning.
+    """
+    path = _existing_file(path)
+    samples, bits, kind = _samples(path, max_pixels)
+    has_alpha = samples.shape[-1] in (2, 4)
+    color = samples[..., :-1] if has_alpha else samples
+    if color.shape[-1] == 1:
+        color = np.repeat(color, 3, axis=-1)
+    return DecodedImage(_channels_first(color), _channels_first(samples[..., -1:]) if has_alpha else None,
+                        bits, f"{bits}-bit {kind}")
+
+
+def _channels_first(samples: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(samples.transpose(2, 0, 1), dtype=np.float32))
 
 
-def write_image(path: str | os.PathLike[str], image: torch.Tensor, *, bits: int = 8) -> Path:
+def write_image(
+    path: str | os.PathLike[str], image: torch.Tensor, *, bits: int = 8, alpha: torch.Tensor | None = None
+) -> Path:
     """Write a ``(3, H, W)``, ``(1, 3, H, W)`` or gray ``(1, H, W)`` tensor in [0, 1]; return the path.
 
-    The format follows the extension (PNG, JPEG, WebP, TIFF, BMP); ``bits=16`` needs PNG. Samples
-    are rounded (``x * 255`` or ``x * 65535``); values within 1e-3 outside [0, 1] are clamped.
-    The write is atomic: the file is encoded to a temporary file beside the target, synced and
-    renamed over it, so a failure leaves neither a partial file nor a changed target. Missing
-    parent folders are created.
+    The format follows the extension (PNG, JPEG, WebP, TIFF, BMP); ``bits=16`` needs PNG. ``alpha``
+    (``(1, H, W)`` in [0, 1]) is written as the alpha channel (RGBA or gray+alpha; PNG, WebP or TIFF).
+    Samples are rounded (``x * 255`` or ``x * 65535``); values within 1e-3 outside [0, 1] are clamped.
+    The write is atomic (:func:`atomic_file`): a failure leaves neither a partial file nor a changed
+    target. Missing parent folders are created.
     """
     path = Path(path)
     fmt = IMAGE_EXTENSIONS.get(path.suffix.lower())
@@ -101,28 +158,59 @@ def write_image(path: str | os.PathLike[str], image: torch.Tensor, *, bits: int 
         raise InvalidImageError(f"bits must be 8 or 16, got {bits!r}")
     if bits == 16 and fmt != "PNG":
         raise InvalidImageError(f"{fmt} cannot store 16-bit samples; write a .png file or pass bits=8")
-    samples = _quantize(image, bits)
+    if alpha is not None and fmt not in _ALPHA_FORMATS:
+        raise InvalidImageError(
+            f"{fmt} cannot store an alpha channel; write a .png, .webp or .tif file, or flatten the alpha first"
+        )
+    samples = _quantize(image, bits, alpha)
     if path.is_dir():
         raise InvalidImageError(f"{path} is a directory; pass a file name such as {path / 'out.png'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InvalidImageError(f"cannot create the folder {path.parent}: {e.strerror}; choose another output path") from e
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(temp, "xb") as file:  # not mkstemp: its 0600 mode would end up on the target
-            _encode(file, samples, fmt)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as file:
+        _encode(file, samples, fmt)
     return path
 
 
+@contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through: a temporary file beside it, synced and renamed over it on success.
+
+    A failure removes the temporary file and leaves ``path`` as it was; an OS error (permissions, a full
+    disk) is re-raised as an :class:`InvalidImageError` naming the path. A process killed mid-write leaves
+    the temporary file behind; :func:`remove_partial_writes` deletes such files.
+    """
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        with open(temp, "xb") as file:  # not mkstemp: its 0600 mode would end up on the target
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException as e:
+        temp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise InvalidImageError(
+                f"cannot write {path}: {e.strerror or e}; check the folder's permissions and free space, or write elsewhere"
+            ) from e
+        raise
+
+
+def remove_partial_writes(folder: str | os.PathLike[str], *, recursive: bool = False) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_file` leaves in ``folder`` when killed mid-write; return them."""
+    folder = Path(folder)
+    candidates = folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")
+    partial = [path for path in candidates if _TEMP_NAME.fullmatch(path.name) and path.is_file()]
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial
+
+
 def list_images(folder: str | os.PathLike[str], *, recursive: bool = False) -> list[Path]:
-    """The image files in ``folder``, by extension (case-insensitive), sorted.
+    """The image files in ``folder`` (by extension, case-insensitive: :data:`READ_EXTENSIONS`), sorted.
 
     Hidden files and folders (names starting with '.', e.g. macOS '._x.png') are skipped.
     """
@@ -133,13 +221,13 @@ def list_images(folder: str | os.PathLike[str], *, recursive: bool = False) -> l
     candidates = folder.rglob("*") if recursive else folder.iterdir()
     images = sorted(
         p for p in candidates
-        if p.suffix.lower() in IMAGE_EXTENSIONS
+        if p.suffix.lower() in READ_EXTENSIONS
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
         and p.is_file()
     )
     if not images:
         hint = "" if recursive else "; pass recursive=True to search subfolders"
-        raise InvalidImageError(f"no images in {folder} (looked for {', '.join(IMAGE_EXTENSIONS)}){hint}")
+        raise InvalidImageError(f"no images in {folder} (looked for {', '.join(READ_EXTENSIONS)}){hint}")
     return images
 
 
@@ -154,17 +242,32 @@ def _existing_file(path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _samples(path: Path, max_pixels: int | None) -> np.ndarray:
-    """The first frame as float32 ``(H, W, C)`` in [0, 1], C being 1 (gray), 2 (gray+alpha), 3 or 4."""
+def _samples(path: Path, max_pixels: int | None) -> tuple[np.ndarray, int, str]:
+    """The first frame as float32 ``(H, W, C)`` in [0, 1], C being 1 (gray), 2 (gray+alpha), 3 or 4; with the
+    file's bits per sample and what it stores (``"RGB"``, ``"palette"``, ...)."""
     image, rawmode = _load(path, max_pixels)
+    icc = image.info.get("icc_profile")
+    wide = _wide_samples(path, image, rawmode, max_pixels)
+    if wide is None:
+        return _eight_bit_samples(path, image, icc)
+    if icc and (foreign := _foreign_profile(path, icc)):
+        log.warning("%s: its ICC profile %r is not applied (Pillow converts 8-bit images only); read as sRGB", path, foreign[1])
+    return wide
+
+
+def _wide_samples(
+    path: Path, image: Image.Image, rawmode: str, max_pixels: int | None
+) -> tuple[np.ndarray, int, str] | None:
+    """The samples of a file with more than 8 bits per sample (16-bit, 32-bit integer or float); None for others."""
     # Pillow unpacks 16-bit colour and gray+alpha to 8 bits; decoding the same bytes again with
     # another unpacker recovers the low bytes, with Pillow's own decompression and filtering.
     if rawmode == "LA;16B":  # PNG gray+alpha: 4 bytes a pixel, read whole as (gray_hi, gray_lo, alpha_hi, alpha_lo)
         raw = np.asarray(_load(path, max_pixels, "RGBA")[0], np.uint16)
-        return (raw[..., 0::2] << 8 | raw[..., 1::2]).astype(np.float32) / 65535
+        return (raw[..., 0::2] << 8 | raw[..., 1::2]).astype(np.float32) / 65535, 16, "gray+alpha"
     if wide := _WIDE_RAWMODE.fullmatch(rawmode):
         low = _load(path, max_pixels, f"{wide[1]};16{_OTHER_BYTE[wide[2]]}")[0]
-        return (np.asarray(image, np.uint16) << 8 | np.asarray(low, np.uint16)).astype(np.float32) / 65535
+        samples = (np.asarray(image, np.uint16) << 8 | np.asarray(low, np.uint16)).astype(np.float32) / 65535
+        return samples, 16, _CHANNEL_KINDS[samples.shape[-1]]
     mode = image.mode
     if mode == "I" or mode.startswith("I;16"):
         samples = np.asarray(image).astype(np.float32)
@@ -172,7 +275,7 @@ def _samples(path: Path, max_pixels: int | None) -> np.ndarray:
             raise InvalidImageError(
                 f"{path} has 32-bit integer samples outside 0..65535; save it as an 8- or 16-bit image"
             )
-        return np.atleast_3d(samples / 65535)
+        return np.atleast_3d(samples / 65535), 16 if mode.startswith("I;16") else 32, "gray"
     if mode == "F":
         samples = np.asarray(image, np.float32)
         if not np.isfinite(samples).all():
@@ -183,14 +286,72 @@ def _samples(path: Path, max_pixels: int | None) -> np.ndarray:
                 f"{path} has float samples in [{lo:.3g}, {hi:.3g}], outside [0, 1]; "
                 "rescale them to [0, 1] or save the image as 8- or 16-bit"
             )
-        return np.atleast_3d(samples.clip(0, 1))
-    target = "RGBA" if "transparency" in image.info else _EIGHT_BIT_MODES.get(mode)
-    if target is None:
+        return np.atleast_3d(samples.clip(0, 1)), 32, "float gray"
+    return None
+
+
+def _eight_bit_samples(path: Path, image: Image.Image, icc: bytes | None) -> tuple[np.ndarray, int, str]:
+    if image.mode not in _EIGHT_BIT_MODES:
         raise InvalidImageError(
-            f"{path} has unsupported color mode {mode!r}; convert it to RGB, e.g. with "
+            f"{path} has unsupported color mode {image.mode!r}; convert it to RGB, e.g. with "
             "PIL.Image.open(path).convert('RGB').save(...)"
         )
-    return np.atleast_3d(np.asarray(image.convert(target), np.float32) / 255)
+    target, kind = _EIGHT_BIT_MODES[image.mode]
+    if "transparency" in image.info:
+        target, kind = "RGBA", f"{kind}+transparency"
+    bits = 1 if image.mode == "1" else 8
+    if image.mode != "CMYK":  # CMYK goes to RGB through its profile where it has one
+        image = image.convert(target)
+    if icc:
+        image = _to_srgb(path, image, icc)
+    if image.mode not in ("L", "LA", "RGB", "RGBA"):
+        image = image.convert(target)
+    return np.atleast_3d(np.asarray(image, np.float32) / 255), bits, kind
+
+
+def _foreign_profile(path: Path, icc: bytes) -> tuple[ImageCms.ImageCmsProfile, str] | None:
+    """An embedded ICC profile that is not sRGB, with its description; None for sRGB (or an unreadable profile,
+    with a warning)."""
+    try:
+        return _parse_profile(icc)
+    except (OSError, ImageCms.PyCMSError) as e:
+        log.warning("%s: its ICC profile cannot be read (%s); read as sRGB", path, e)
+        return None
+
+
+@functools.lru_cache(maxsize=8)  # the photos of one camera or export share a profile
+def _parse_profile(icc: bytes) -> tuple[ImageCms.ImageCmsProfile, str] | None:
+    profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    name = ImageCms.getProfileDescription(profile).strip() or "(unnamed)"
+    if profile.profile.xcolor_space.strip() == "RGB":
+        # sRGB by what it does, not by its name: the variants of sRGB ("IEC61966-2.1", "built-in", ...) map colours
+        # to sRGB within rounding, and converting them would only add that rounding to every sample.
+        grid = np.stack(np.meshgrid(*[np.linspace(0, 255, 9).round()] * 3, indexing="ij"), -1).reshape(1, -1, 3)
+        mapped = ImageCms.profileToProfile(Image.fromarray(grid.astype(np.uint8)), profile, _SRGB, outputMode="RGB")
+        assert mapped is not None  # profileToProfile returns None only when converting in place
+        if np.abs(np.asarray(mapped, np.int16) - grid).max() <= 1:
+            return None
+    return profile, name
+
+
+def _to_srgb(path: Path, image: Image.Image, icc: bytes) -> Image.Image:
+    """``image`` (L, LA, RGB, RGBA or CMYK) converted from its ICC profile to sRGB (RGB or RGBA); unchanged when
+    the profile is sRGB, and with a warning when it cannot be applied."""
+    if (foreign := _foreign_profile(path, icc)) is None:
+        return image
+    profile, name = foreign
+    alpha = image.getchannel("A") if image.mode in ("LA", "RGBA") else None
+    color = image.convert(image.mode.removesuffix("A")) if alpha is not None else image
+    try:
+        converted = ImageCms.profileToProfile(color, profile, _SRGB, outputMode="RGB")
+    except ImageCms.PyCMSError as e:
+        log.warning("%s: its ICC profile %r cannot be applied to this %s image (%s); read as sRGB", path, name, image.mode, e)
+        return image
+    assert converted is not None  # profileToProfile returns None only when converting in place
+    log.warning("%s: converted from its ICC profile %r to sRGB", path, name)
+    if alpha is not None:
+        converted.putalpha(alpha)
+    return converted
 
 
 def _load(path: Path, max_pixels: int | None, rawmode: str | None = None) -> tuple[Image.Image, str]:
@@ -242,8 +403,8 @@ def _corrupt(path: Path, error: Exception) -> InvalidImageError:
     return InvalidImageError(f"cannot decode {path}: {error} (the file is truncated or corrupt; re-export or re-download it)")
 
 
-def _quantize(image: torch.Tensor, bits: int) -> np.ndarray:
-    """Validate ``image`` and round it to ``(H, W, C)`` uint8 or uint16 samples."""
+def _quantize(image: torch.Tensor, bits: int, alpha: torch.Tensor | None = None) -> np.ndarray:
+    """Validate ``image`` (and ``alpha``) and round them to ``(H, W, C)`` uint8 or uint16 samples, alpha last."""
     if not isinstance(image, torch.Tensor):
         raise InvalidImageError(
             f"image must be a torch.Tensor of shape (3, H, W), got {type(image).__name__}; "
@@ -261,6 +422,12 @@ def _quantize(image: torch.Tensor, bits: int) -> np.ndarray:
             "for (H, W, 3) arrays use image.permute(2, 0, 1)"
         )
     check_image_tensor(image, name="image", channels=image.shape[0])
+    if alpha is not None:
+        if not isinstance(alpha, torch.Tensor) or alpha.shape != (1, *image.shape[1:]):
+            shape = tuple(alpha.shape) if isinstance(alpha, torch.Tensor) else type(alpha).__name__
+            raise InvalidImageError(f"alpha must be a (1, H, W) tensor of the image's size {(1, *image.shape[1:])}, got {shape}")
+        check_image_tensor(alpha, name="alpha", channels=1)
+        image = torch.cat([image, alpha.to(image)])
     scale, dtype = (255, np.uint8) if bits == 8 else (65535, np.uint16)
     samples = (image.detach().to("cpu", torch.float32).clamp(0, 1) * scale).round()
     return samples.numpy().astype(dtype).transpose(1, 2, 0)
@@ -275,7 +442,7 @@ def _encode(file: BinaryIO, samples: np.ndarray, fmt: str) -> None:
 
 
 def _write_png16(file: BinaryIO, samples: np.ndarray) -> None:
-    """A 16-bit gray or RGB PNG, which Pillow cannot write (it has no 16-bit RGB mode)."""
+    """A 16-bit gray, gray+alpha, RGB or RGBA PNG, which Pillow cannot write (it has no 16-bit colour modes)."""
     height, width, channels = samples.shape
     rows = np.zeros((height, 1 + 2 * width * channels), np.uint8)  # column 0: filter type 0 (none)
     rows[:, 1:] = samples.astype(">u2").reshape(height, -1).view(np.uint8)
@@ -283,11 +450,14 @@ def _write_png16(file: BinaryIO, samples: np.ndarray) -> None:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    color_type = 0 if channels == 1 else 2
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]  # the PNG colour types of gray, gray+alpha, RGB, RGBA
     file.write(b"\x89PNG\r\n\x1a\n")
     file.write(chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)))
     file.write(chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)))
     file.write(chunk(b"IEND", b""))
 
 
-__all__ = ["IMAGE_EXTENSIONS", "AlphaMode", "list_images", "read_image", "write_image"]
+__all__ = [
+    "IMAGE_EXTENSIONS", "READ_EXTENSIONS", "AlphaMode", "DecodedImage", "atomic_file", "decode_image", "image_format",
+    "list_images", "read_image", "remove_partial_writes", "write_image",
+]

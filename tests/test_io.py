@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageCms
 
 import srkit.io as sio
 from srkit.errors import InvalidImageError
-from srkit.io import list_images, read_image, write_image
+from srkit.io import decode_image, list_images, read_image, remove_partial_writes, write_image
 
 RNG = np.random.default_rng(0)
 
@@ -22,18 +25,47 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def _png16(path: Path, samples: np.ndarray, *, size: tuple[int, int] | None = None) -> Path:
-    """A 16-bit PNG of (H, W, C) uint16 samples: gray, gray+alpha, RGB or RGBA."""
+def _png16(path: Path, samples: np.ndarray, *, size: tuple[int, int] | None = None, icc: bytes | None = None) -> Path:
+    """A 16-bit PNG of (H, W, C) uint16 samples: gray, gray+alpha, RGB or RGBA; ``icc``: an embedded profile."""
     h, w, c = samples.shape
     rows = np.zeros((h, 1 + 2 * w * c), np.uint8)
     rows[:, 1:] = samples.astype(">u2").reshape(h, -1).view(np.uint8)
     w, h = size or (w, h)
     header = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2, 4: 6}[c], 0, 0, 0)
+    profile = _png_chunk(b"iCCP", b"test\0\0" + zlib.compress(icc)) if icc else b""
     path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + profile
         + _png_chunk(b"IDAT", zlib.compress(rows.tobytes())) + _png_chunk(b"IEND", b"")
     )
     return path
+
+
+def _linear_rgb_profile() -> bytes:
+    """An ICC v2 RGB matrix/TRC profile with sRGB's primaries (adapted to D50) and gamma 1.0: linear light.
+
+    Written here because no RGB profile other than sRGB ships offline (Pillow creates sRGB, LAB and XYZ only).
+    """
+
+    def s15f16(*values: float) -> bytes:
+        return b"".join(struct.pack(">i", round(v * 65536)) for v in values)
+
+    def xyz(x: float, y: float, z: float) -> bytes:
+        return b"XYZ " + bytes(4) + s15f16(x, y, z)
+
+    text = b"Linear RGB\0"
+    description = b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(4 + 4 + 2 + 1 + 67)
+    gamma_one = b"curv" + bytes(4) + struct.pack(">IH", 1, 0x0100)
+    tags = [(b"desc", description), (b"wtpt", xyz(0.9642, 1.0, 0.8249)), (b"rXYZ", xyz(0.4361, 0.2225, 0.0139)),
+            (b"gXYZ", xyz(0.3851, 0.7169, 0.0971)), (b"bXYZ", xyz(0.1431, 0.0606, 0.7141)),
+            (b"rTRC", gamma_one), (b"gTRC", gamma_one), (b"bTRC", gamma_one)]
+    table, data, start = [], b"", 128 + 4 + 12 * len(tags)
+    for signature, body in tags:
+        body += bytes(-len(body) % 4)  # tag data is 4-byte aligned
+        table.append(struct.pack(">4sII", signature, start + len(data), len(body)))
+        data += body
+    header = (struct.pack(">I4sI", start + len(data), bytes(4), 0x02100000) + b"mntrRGB XYZ " + bytes(12) + b"acsp"
+              + bytes(28) + s15f16(0.9642, 1.0, 0.8249) + bytes(48))
+    return header + struct.pack(">I", len(tags)) + b"".join(table) + data
 
 
 def _tiff16(path: Path, samples: np.ndarray, *, order: str = "<", deflate: bool = False) -> Path:
@@ -192,6 +224,59 @@ def test_animated_gif_reads_first_frame(tmp_path):
     frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
     assert Image.open(tmp_path / "a.gif").n_frames == 2
     assert torch.equal(read_image(tmp_path / "a.gif")[:, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
+
+
+def test_decode_image_keeps_alpha_and_says_what_the_file_stored(tmp_path):
+    rgba = RNG.integers(0, 256, (3, 4, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    image = decode_image(tmp_path / "rgba.png")
+    assert torch.equal(image.color, _tensor(rgba[..., :3], 255)) and torch.equal(image.alpha, _tensor(rgba[..., 3:], 255))
+    assert (image.bits, image.format, image.write_bits) == (8, "8-bit RGBA", 8)
+    samples = RNG.integers(0, 65536, (3, 4, 2), dtype=np.uint16)
+    image = decode_image(_png16(tmp_path / "la16.png", samples))
+    assert torch.equal(image.alpha, _tensor(samples[..., 1:], 65535))
+    assert (image.format, image.write_bits) == ("16-bit gray+alpha", 16)
+    Image.new("P", (2, 2)).save(tmp_path / "p.gif")
+    Image.new("L", (2, 2)).save(tmp_path / "g.png")
+    formats = {name: decode_image(tmp_path / name) for name in ("p.gif", "g.png")}
+    assert {name: (image.format, image.alpha) for name, image in formats.items()} == {
+        "p.gif": ("8-bit palette", None), "g.png": ("8-bit gray", None)}
+    write_image(tmp_path / "rgb16.png", GOOD, bits=16)
+    assert decode_image(tmp_path / "rgb16.png").format == "16-bit RGB"
+
+
+def test_a_foreign_icc_profile_is_converted_to_srgb(tmp_path, caplog):
+    linear = _linear_rgb_profile()
+    Image.fromarray(np.full((2, 3, 4), 128, np.uint8), "RGBA").save(tmp_path / "linear.png", icc_profile=linear)
+    with caplog.at_level(logging.WARNING, logger="srkit.io"):
+        image = decode_image(tmp_path / "linear.png")
+    srgb = 1.055 * 0.5 ** (1 / 2.4) - 0.055  # linear 128/255 ~ 0.5 is sRGB 0.735 (188/255)
+    assert (image.color - srgb).abs().max() < 1.5 / 255
+    assert torch.equal(image.alpha, torch.full((1, 2, 3), 128 / 255))  # alpha is not a colour: kept as it is
+    assert caplog.messages == [f"{tmp_path / 'linear.png'}: converted from its ICC profile 'Linear RGB' to sRGB"]
+
+
+def test_an_srgb_profile_changes_nothing(tmp_path, caplog):
+    samples = RNG.integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(samples).save(tmp_path / "srgb.png", icc_profile=srgb)
+    with caplog.at_level(logging.WARNING, logger="srkit.io"):
+        assert torch.equal(read_image(tmp_path / "srgb.png"), _tensor(samples, 255))
+    assert caplog.messages == []
+
+
+def test_a_profile_pillow_cannot_apply_is_warned(tmp_path, caplog):
+    samples = RNG.integers(0, 65536, (2, 3, 3), dtype=np.uint16)
+    _png16(tmp_path / "linear16.png", samples, icc=_linear_rgb_profile())
+    with caplog.at_level(logging.WARNING, logger="srkit.io"):
+        assert torch.equal(read_image(tmp_path / "linear16.png"), _tensor(samples, 65535))  # unconverted, full precision
+    assert caplog.messages == [f"{tmp_path / 'linear16.png'}: its ICC profile 'Linear RGB' is not applied "
+                               "(Pillow converts 8-bit images only); read as sRGB"]
+    Image.new("L", (2, 2), 100).save(tmp_path / "gray.png", icc_profile=_linear_rgb_profile())  # an RGB profile on gray
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="srkit.io"):
+        assert torch.equal(read_image(tmp_path / "gray.png"), torch.full((3, 2, 2), 100 / 255))
+    assert len(caplog.messages) == 1 and "cannot be applied to this L image" in caplog.messages[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,17 +451,67 @@ def test_overwrite_replaces_the_target_and_leaves_no_temp_file(tmp_path):
     assert list(tmp_path.iterdir()) == [target]
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_alpha_round_trip_is_exact(tmp_path, bits, channels):
+    scale, dtype = (255, np.uint8) if bits == 8 else (65535, np.uint16)
+    samples = RNG.integers(0, scale + 1, (5, 7, channels + 1)).astype(dtype)
+    color, alpha = _tensor(samples[..., :-1], scale), _tensor(samples[..., -1:], scale)
+    path = write_image(tmp_path / "a.png", color, bits=bits, alpha=alpha)
+    image = decode_image(path)
+    assert torch.equal(image.color, color.expand(3, -1, -1)) and torch.equal(image.alpha, alpha)
+    assert image.format == f"{bits}-bit {'gray+alpha' if channels == 1 else 'RGBA'}"
+
+
+@pytest.mark.parametrize(("name", "alpha", "message"), [
+    ("a.jpg", torch.ones(1, 4, 5), "JPEG cannot store an alpha channel; write a .png, .webp or .tif file"),
+    ("a.bmp", torch.ones(1, 4, 5), "BMP cannot store an alpha channel"),
+    ("a.png", torch.ones(1, 4, 6), r"alpha must be a \(1, H, W\) tensor of the image's size \(1, 4, 5\), got \(1, 4, 6\)"),
+    ("a.png", torch.full((1, 4, 5), 2.0), r"alpha .*expected \[0, 1\]"),
+])
+def test_bad_alpha_raises_clear_errors(tmp_path, name, alpha, message):
+    with pytest.raises(InvalidImageError, match=message):
+        write_image(tmp_path / name, GOOD, alpha=alpha)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_os_error_while_writing_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
+    def full_disk(source, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sio.os, "replace", full_disk)
+    with pytest.raises(InvalidImageError, match=r"cannot write .*out\.png: No space left on device; check the folder"):
+        write_image(tmp_path / "out.png", GOOD)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_remove_partial_writes_deletes_what_a_killed_write_leaves(tmp_path):
+    (tmp_path / "sub").mkdir()
+    killed = ("import os, sys\nfrom srkit.io import atomic_file\n"
+              "with atomic_file(sys.argv[1]) as a, atomic_file(sys.argv[2]) as b:\n"
+              "    a.write(b'partial'); b.write(b'partial'); os._exit(9)")
+    run = subprocess.run([sys.executable, "-c", killed, str(tmp_path / "a.png"), str(tmp_path / "sub" / "b.json")])
+    assert run.returncode == 9
+    (top,), (nested,) = tmp_path.glob(".a.png.*.tmp"), (tmp_path / "sub").glob(".b.json.*.tmp")
+    keep = [tmp_path / ".notes.tmp", tmp_path / "x.0123456789ab.tmp", tmp_path / ".a.png.not-hex.tmp"]
+    for path in keep:
+        path.write_text("not a partial write")
+    assert remove_partial_writes(tmp_path) == [top]
+    assert remove_partial_writes(tmp_path, recursive=True) == [nested]
+    assert sorted(path.name for path in tmp_path.rglob("*")) == sorted(["sub", *(path.name for path in keep)])
+
+
 # --------------------------------------------------------------------------------------------
 # Listing
 
 
 def test_list_images_sorted_case_insensitive_and_recursive(tmp_path):
-    for name in ("b.PNG", "a.jpg", "c.tiff", "notes.txt", ".hidden.png", "sub/d.webp", ".cache/e.png"):
+    for name in ("b.PNG", "a.jpg", "c.tiff", "f.gif", "notes.txt", ".hidden.png", "sub/d.webp", ".cache/e.png"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"")
-    assert list_images(tmp_path) == [tmp_path / "a.jpg", tmp_path / "b.PNG", tmp_path / "c.tiff"]
+    assert list_images(tmp_path) == [tmp_path / "a.jpg", tmp_path / "b.PNG", tmp_path / "c.tiff", tmp_path / "f.gif"]
     assert list_images(tmp_path, recursive=True) == [
-        tmp_path / "a.jpg", tmp_path / "b.PNG", tmp_path / "c.tiff", tmp_path / "sub" / "d.webp",
+        tmp_path / "a.jpg", tmp_path / "b.PNG", tmp_path / "c.tiff", tmp_path / "f.gif", tmp_path / "sub" / "d.webp",
     ]
 
 

@@ -4,6 +4,7 @@ an interrupted run resumes to the same parameters; a checkpoint that would run c
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_ccsr import TINY as CCSR_TINY
+from test_dmsr import DISC_SMALL as DMSR_DISC
+from test_dmsr import TINY as DMSR_TINY
+from test_invsr import TINY as INVSR_TINY
+from test_resshift import TINY_UNET
 
 import srkit
 from srkit.data.mini import PHOTOS, _source
@@ -21,11 +27,42 @@ from srkit.errors import ConfigError
 from srkit.io import read_image, write_image
 from srkit.train import checkpoint
 
-TINY_RESSHIFT = [  # the official classes at a width that trains in seconds on a CPU
-    "method.unet_config={model_channels:32,channel_mult:[1,2],num_res_blocks:[1,1],attention_resolutions:[64],"
-    "swin_embed_dim:32,num_head_channels:16}",
-    "method.autoencoder_config={n_embed:64,ddconfig:{ch:32,ch_mult:[1,1,1],num_res_blocks:1}}",
-]
+
+def hydra(value) -> str:
+    """A Python value as a Hydra override value."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "null" if value is None else str(value)
+
+
+def method_overrides(method: str, config: dict) -> list[str]:
+    """``method.KEY=VALUE`` overrides; a mapping replaces a shipped mapping whole (it may add keys the YAML lacks)."""
+    shipped = srkit.registry.METHODS.get(method).default_config()
+    return [item for key, value in config.items() for item in (
+        [f"~method.{key}", f"+method.{key}={hydra(value)}"] if isinstance(shipped.get(key), dict) and isinstance(value, dict)
+        else [f"method.{key}={hydra(value)}"])]
+
+
+TINY_RESSHIFT = {"unet_config": TINY_UNET, "autoencoder_config": {"n_embed": 64, "ddconfig": {"ch": 32, "ch_mult": [1, 1, 1],
+                                                                                                 "num_res_blocks": 1}}}
+# Every trainable method (and stage) at a width that trains in seconds on a CPU: its train recipe, the settings of
+# the tiny run, the module files its run folder must hold, and the loss term that must go down.
+RUNS = {
+    "resshift": ("resshift", {**TINY_RESSHIFT, "loss_weights": {"lpips": 0}}, [], ["unet"], "mse"),
+    "lpnsr": ("lpnsr", {**TINY_RESSHIFT, "predictor_config": TINY_UNET, "lpips_weights": "synthetic",
+                        "discriminator": {"ndf": 8, "n_layers": 2}}, ["train.disc_start=0"], ["noise_predictor"], "l1"),
+    "invsr": ("invsr", {**INVSR_TINY, "discriminator": {"block_out_channels": [8, 16], "norm_num_groups": 4}}, [],
+              ["predictor"], "l2"),
+    "dmsr-estimator": ("dmsr", {**DMSR_TINY, "stage": "estimator", "timestep_target": "l1"}, [], ["estimator"], "timestep"),
+    "dmsr-encoder": ("dmsr", {**DMSR_TINY, "discriminator": DMSR_DISC}, [], ["encoder"], "l1"),
+    "ccsr-stage1": ("ccsr_stage1", {"backend_config": CCSR_TINY, "ccsr_weights": "init"}, [], ["controlnet"], "diff"),
+    "ccsr-stage2": ("ccsr_stage2", {"backend_config": CCSR_TINY, "stage": 2, "discriminator": {"ndf": 8, "n_layers": 2}},
+                    [], ["sd.vae.vae.decoder"], "mse"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +77,13 @@ def photos(tmp_path_factory) -> Path:
     return folder
 
 
-def train(run: Path, photos: Path, *extra: str, steps: int = 20) -> subprocess.Popen:
-    args = ["method=resshift", "train=resshift", "method.for_training=true", "method.loss_weights.lpips=0", "weights=synthetic",
-            *TINY_RESSHIFT, f"data.hr={photos}", "data.crop=64", f"train.output_dir={run}", f"train.max_steps={steps}",
-            "train.batch_size=2", "train.grad_accum=1", "train.warmup_steps=0", "train.lr=1e-3", "train.lr_min=1e-3",
-            "train.ema_decay=0.9", "train.cpu=true", "train.progress=false", *extra]
+def train(run: Path, photos: Path, *extra: str, steps: int = 20, case: str = "resshift") -> subprocess.Popen:
+    recipe, config, more, _, _ = RUNS[case]
+    method = case.split("-")[0]
+    args = [f"method={method}", f"train={recipe}", "method.for_training=true", "weights=synthetic", *method_overrides(method, config),
+            f"data.hr={photos}", "data.crop=64", f"train.output_dir={run}", f"train.max_steps={steps}",
+            "train.batch_size=2", "train.grad_accum=1", "train.warmup_steps=0", "train.lr=1e-3", "train.lr_schedule=constant",
+            "train.ema_decay=0.9", "train.log_every=1", "train.cpu=true", "train.progress=false", *more, *extra]
     return subprocess.Popen([sys.executable, "-m", "srkit.cli", "train", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
@@ -54,14 +93,27 @@ def finish(process: subprocess.Popen) -> None:
     assert process.returncode == 0, err[-3000:]
 
 
-def fixed_loss(model, photos: Path) -> float:
-    """The x0 loss on every photo (its bicubic x4 LR) at fixed steps and noise."""
+def fixed_loss(model, photos: Path, term: str = "mse") -> float:
+    """The loss term ``term`` on every photo (its bicubic x4 LR) at fixed steps and noise."""
     from srkit.degradations.bicubic import BicubicDownsample
 
     hr = torch.stack([read_image(p)[:, :64, :64] for p in sorted(photos.glob("*.png"))])
     torch.manual_seed(0)
     with torch.no_grad():
-        return float(model.losses({"lr": BicubicDownsample(4)(hr), "hr": hr})["mse"])
+        return float(model.losses({"lr": BicubicDownsample(4)(hr), "hr": hr, "step": torch.tensor(10**6)})[term])
+
+
+def trained(run: Path):
+    """The run's trained modules (not their EMA), with the losses built."""
+    return srkit.registry.load_pretrained(run, ema=False, for_training=True)
+
+
+def untrained(run: Path):
+    """The same method and config on the synthetic weights the run started from."""
+    from omegaconf import OmegaConf
+
+    record = OmegaConf.to_container(OmegaConf.load(run / "srkit_method.yaml"))
+    return srkit.registry.build_method(record["config"], weights=record["weights"], device="cpu")
 
 
 @pytest.mark.slow
@@ -71,19 +123,33 @@ def test_resshift_trains_on_a_folder_and_the_run_folder_is_used_by_name(photos, 
     files = {p.name for p in run.iterdir()}
     assert {"srkit_method.yaml", "config.yaml", "unet.safetensors", "unet.ema.safetensors"} <= files
     assert not [p for p in run.rglob("*.pkl")]  # nothing written that would need unpickling
-    trained = srkit.load("resshift", weights=run, ema=False, for_training=True)
-    start = srkit.load("resshift", weights="synthetic", for_training=True, loss_weights={"lpips": 0},
-                       unet_config=trained.config["unet_config"], autoencoder_config=trained.config["autoencoder_config"])
-    before, after = fixed_loss(start, photos), fixed_loss(trained, photos)
+    model = srkit.load("resshift", weights=run, ema=False, for_training=True)
+    before, after = fixed_loss(untrained(run), photos), fixed_loss(model, photos)
     assert after < 0.9 * before, (before, after)
-    lr = read_image(next(photos.glob("*.png")))[:, :24, :20]
-    write_image(tmp_path / "lr.png", lr)
-    result = subprocess.run([sys.executable, "-m", "srkit.cli", "sr", f"input={tmp_path / 'lr.png'}", "method=resshift",
-                             f"weights={run}", f"output={tmp_path / 'out'}"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert read_image(tmp_path / "out" / "lr.png").shape == (3, 96, 80)
     with pytest.raises(ConfigError, match="trained weights of 'resshift', not 'lpnsr'"):
         srkit.load("lpnsr", weights=run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(RUNS))
+def test_every_trainable_method_trains_on_a_folder_and_super_resolves_from_its_run(case, photos, tmp_path):
+    """`srkit train` (the method's recipe) on 8 photo crops for 30 steps; its main loss goes down; the run folder
+    holds the config and safetensors; `srkit sr ... weights=RUN` writes the image."""
+    _, _, _, modules, term = RUNS[case]
+    run = tmp_path / "run"
+    finish(train(run, photos, steps=30, case=case))
+    assert {"srkit_method.yaml", "config.yaml", *(f"{m}.safetensors" for m in modules)} <= {p.name for p in run.iterdir()}
+    assert not [p for p in run.rglob("*.pkl")]
+    logged = [row for row in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if term in row]
+    assert len(logged) >= 15  # LPNSR trains its generator on odd steps only
+    before, after = (fixed_loss(model, photos, term) for model in (untrained(run), trained(run)))
+    assert after < 0.95 * before, (term, before, after)
+    lr = read_image(next(photos.glob("*.png")))[:, :24, :20]
+    write_image(tmp_path / "lr.png", lr)
+    result = subprocess.run([sys.executable, "-m", "srkit.cli", "sr", f"input={tmp_path / 'lr.png'}", f"method={case.split('-')[0]}",
+                             f"weights={run}", f"output={tmp_path / 'out'}"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_image(tmp_path / "out" / "lr.png").shape == (3, 96, 80)
 
 
 @pytest.mark.slow
