@@ -54,7 +54,8 @@ TINY_RESSHIFT = {"unet_config": TINY_UNET, "autoencoder_config": {"n_embed": 64,
 RUNS = {
     "resshift": ("resshift", {**TINY_RESSHIFT, "loss_weights": {"lpips": 0}}, [], ["unet"], "mse"),
     "lpnsr": ("lpnsr", {**TINY_RESSHIFT, "predictor_config": TINY_UNET, "lpips_weights": "synthetic",
-                        "discriminator": {"ndf": 8, "n_layers": 2}}, ["train.disc_start=0"], ["noise_predictor"], "l1"),
+                        "discriminator": {"ndf": 8, "n_layers": 2}}, ["train.disc_start=0", "train.lr=2e-4"],
+              ["noise_predictor"], "l1"),
     "invsr": ("invsr", {**INVSR_TINY, "discriminator": {"block_out_channels": [8, 16], "norm_num_groups": 4}}, [],
               ["predictor"], "l2"),
     "dmsr-estimator": ("dmsr", {**DMSR_TINY, "stage": "estimator", "timestep_target": "l1"}, [], ["estimator"], "timestep"),
@@ -80,9 +81,11 @@ def photos(tmp_path_factory) -> Path:
 def train(run: Path, photos: Path, *extra: str, steps: int = 20, case: str = "resshift") -> subprocess.Popen:
     recipe, config, more, _, _ = RUNS[case]
     method = case.split("-")[0]
+    if not any(arg.startswith("train.lr=") for arg in more):
+        more = ["train.lr=1e-3", *more]
     args = [f"method={method}", f"train={recipe}", "method.for_training=true", "weights=synthetic", *method_overrides(method, config),
             f"data.hr={photos}", "data.crop=64", f"train.output_dir={run}", f"train.max_steps={steps}",
-            "train.batch_size=2", "train.grad_accum=1", "train.warmup_steps=0", "train.lr=1e-3", "train.lr_schedule=constant",
+            "train.batch_size=2", "train.grad_accum=1", "train.warmup_steps=0", "train.lr_schedule=constant",
             "train.ema_decay=0.9", "train.log_every=1", "train.cpu=true", "train.progress=false", *more, *extra]
     return subprocess.Popen([sys.executable, "-m", "srkit.cli", "train", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -462,6 +462,9 @@ def run_training(cfg: Any) -> list[dict[str, float]]:
     for key in ("method", "data", "train"):
         if not isinstance(config.get(key), Mapping):
             raise ConfigError(f"srkit train needs a {key!r} config group (e.g. {key}=<name> or +{key}._target_=<class>)")
+    from accelerate.utils import set_seed
+
+    set_seed(int(config["train"].get("seed", 0)))  # freshly initialised modules (discriminators, heads) are reproducible
     method = build_method(config["method"], weights=config.get("weights"), device="cpu", sampler=config.get("sampler"))
     dataset = instantiate(config["data"], where="data")
     trainer = instantiate(config["train"], where="train", method=method, dataset=dataset)
