@@ -195,8 +195,9 @@ class DiffusionMethod(SRMethod):
         """The image (in the method's range) of the chain's final state."""
 
     def call_sampler(self, chain: Chain) -> Sampler:
-        """The sampler of this call: a copy, so that binding hooks never touches the configured one."""
-        return copy.copy(self.sampler)
+        """The sampler of this call (the configured one; CCSR swaps in its uniform twin). :meth:`_run_chain` binds the
+        hooks on a copy of it, so the configured sampler is never touched."""
+        return self.sampler
 
     # ------------------------------------------------------------------ the composition
 

@@ -450,6 +450,5 @@ def load_pretrained(folder: str | Path, *, name: str | None = None, ema: bool = 
     files = {**record["modules"], **(record["ema"] if ema else {})}
     for path, filename in files.items():
         load_state_dict_strict(model.get_submodule(path), load_file(str(folder / filename)), source=str(folder / filename))
-    model.config, model.base_weights = config, record["weights"]
     torch_dtype = _parse_dtype(dtype) if dtype is not None else torch.float32
     return model.to(device=_parse_device(device), dtype=torch_dtype).eval()
