@@ -11,6 +11,7 @@ from . import catalog as _catalog  # noqa: F401  (registers the built-in plugins
 from .errors import (
     ConfigError,
     InvalidImageError,
+    MissingDependencyError,
     SrkitError,
     TileError,
     UnknownNameError,
@@ -23,7 +24,7 @@ from .types import MethodDescriptor, SRMethod
 __version__ = "0.1.0"
 
 __all__ = [
-    "REGISTRIES", "ConfigError", "InvalidImageError", "MethodDescriptor", "SRMethod", "SrkitError",
+    "REGISTRIES", "ConfigError", "InvalidImageError", "MethodDescriptor", "MissingDependencyError", "SRMethod", "SrkitError",
     "TileError", "UnknownNameError", "UnsupportedError", "WeightsNotFoundError", "build", "describe",
     "list_methods", "load",
 ]

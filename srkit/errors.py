@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Iterable
+from types import ModuleType
 
 
 class SrkitError(Exception):
@@ -45,3 +47,22 @@ class WeightsNotFoundError(SrkitError, FileNotFoundError):
 
 class UnsupportedError(SrkitError, RuntimeError):
     """The requested operation is not supported by this method (dtype, training, steps, ...)."""
+
+
+class MissingDependencyError(SrkitError, ImportError):
+    """An optional package a feature needs is not installed; the message names the extra that brings it."""
+
+
+def import_optional(module: str, *, extra: str, needed_for: str) -> ModuleType:
+    """``import module``, or a :class:`MissingDependencyError` saying ``pip install "srkit[extra]"``.
+
+    The core install is inference only (pyproject.toml); training, the SD prompt encoder, metrics and plots
+    import their packages through this, so a missing one is one line with the fix, not a traceback.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"{needed_for} needs the package {module.split('.')[0]!r}, which cannot be imported ({err}); "
+            f'install it with: pip install "srkit[{extra}]"'
+        ) from None

@@ -1,6 +1,7 @@
 """The wheel ships every package, the configs (`conf/` as `srkit.conf`) and the bundled assets,
 and the CLI finds its configs after a regular (non-editable) install."""
 
+import json
 import os
 import shutil
 import site
@@ -9,6 +10,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tomllib
 
@@ -71,3 +73,56 @@ def test_wheel_install_finds_configs(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
     ).stdout
     assert str(venv) in where
+
+
+# What only training, the SD prompt encoder, metrics, plots or the benchmark photos need (pyproject extras).
+NOT_INFERENCE = ("transformers", "kornia", "accelerate", "lpips", "matplotlib", "pyiqa", "skimage", "sklearn")
+
+
+@pytest.mark.slow
+def test_core_install_pulls_no_training_packages(tmp_path):
+    """`pip install .` resolved against the package index as a fresh machine would (nothing installed counts)."""
+    report = tmp_path / "report.json"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-build-isolation", "-q",
+         "--report", str(report), str(ROOT)],
+        check=True, capture_output=True, text=True,
+    )
+    installed = {item["metadata"]["name"].lower().replace("_", "-") for item in json.loads(report.read_text())["install"]}
+    assert {"srkit", "torch", "diffusers", "spandrel", "hydra-core", "safetensors"} <= installed
+    pulled = installed & {"transformers", "kornia", "accelerate", "lpips", "matplotlib", "pyiqa", "timm", "scikit-image", "scikit-learn"}
+    assert not pulled, f"the core install pulls {sorted(pulled)}; move them to an extra"
+
+
+def test_realesrgan_sr_runs_without_the_extras_packages(tmp_path, models_dir):
+    """The inference path imports none of the extras' packages: `srkit sr method=realesrgan` with them unimportable."""
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    blocked = ", ".join(repr(name) for name in NOT_INFERENCE)
+    program = (  # a None entry in sys.modules makes `import name` raise ImportError, as for a package not installed
+        f"import sys; sys.modules.update(dict.fromkeys(({blocked},)))\n"
+        "from srkit.cli import main\n"
+        "main(['sr', 'input=in.png', 'output=out', 'method=realesrgan'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert Image.open(tmp_path / "out" / "in.png").size == (80, 96)
+
+
+def test_missing_extra_is_one_line_naming_the_extra(tmp_path, monkeypatch):
+    from srkit.errors import MissingDependencyError, import_optional
+
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # import accelerate -> ImportError
+    with pytest.raises(MissingDependencyError, match=r'srkit train needs the package .accelerate.*pip install "srkit\[train\]"'):
+        import_optional("accelerate", extra="train", needed_for="srkit train")
+
+
+def test_version_is_written_once():
+    import srkit
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    from importlib.metadata import version
+
+    assert version("srkit") == srkit.__version__

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, WeightsNotFoundError
+from ..errors import ConfigError, WeightsNotFoundError, import_optional
 from ..tiling import tiled_network_apply
 from ..types import Autoencoder
 from ..weights import SYNTHETIC, cache_file, load_weights, resolve, synthetic_tensor
@@ -216,7 +216,8 @@ def encode_prompt(root: Path, prompt: str, *, max_length: int, cache: Path) -> T
             f"is missing. Provide a diffusers folder with tokenizer/ and text_encoder/ (weights=<folder or cached hub id>), "
             f"or place the embedding (a safetensors file with the tensor 'prompt_embedding') at {cache}"
         )
-    from transformers import CLIPTextModel, CLIPTokenizer
+    transformers = import_optional("transformers", extra="sd", needed_for=f"embedding the prompt {prompt!r} (SD text encoder)")
+    CLIPTextModel, CLIPTokenizer = transformers.CLIPTextModel, transformers.CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(str(folders[0]), local_files_only=True)
     encoder = CLIPTextModel.from_pretrained(str(folders[1]), local_files_only=True).eval()

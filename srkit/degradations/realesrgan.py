@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ConfigError, InvalidImageError, UnsupportedError
+from ..errors import ConfigError, InvalidImageError, import_optional
 from ..types import Degradation
 from .kernels import KERNEL_TYPES, KernelSpec, build_kernel, choice, filter2d, sample_kernel, uniform
 
@@ -306,13 +306,8 @@ class RealESRGANDegradation(Degradation):
 
     @staticmethod
     def _jpeg(x: Tensor, quality: Tensor) -> Tensor:
-        try:
-            from kornia.enhance import jpeg_codec_differentiable
-        except ImportError as err:
-            raise UnsupportedError(
-                f"the realesrgan degradation compresses with kornia's JPEG codec, which cannot be imported ({err}); "
-                "pip install 'kornia>=0.8'"
-            ) from None
+        jpeg_codec_differentiable = import_optional(
+            "kornia.enhance", extra="train", needed_for="the realesrgan degradation's JPEG compression").jpeg_codec_differentiable
 
         x = x.clamp(0, 1)  # Real-ESRGAN clamps before JPEG to avoid artifacts
         return jpeg_codec_differentiable(x, quality.to(x.device, x.dtype))

@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, UnsupportedError, WeightsNotFoundError
+from ..errors import ConfigError, WeightsNotFoundError, import_optional
 from ..weights import SYNTHETIC, load_state_dict, synthetic_state_dict, synthetic_tensor
 
 __all__ = ["BACKBONE_FILES", "LATENT_LPIPS_FILE", "LatentLPIPS", "PixelLPIPS", "lpips_distance"]
@@ -77,10 +77,7 @@ class PixelLPIPS(nn.Module):
         super().__init__()
         if net not in BACKBONE_FILES:
             raise ConfigError(f"LPIPS net must be one of {', '.join(BACKBONE_FILES)}, got {net!r}")
-        try:
-            import lpips
-        except ImportError as err:
-            raise UnsupportedError("pixel LPIPS needs the lpips package: pip install 'srkit[metrics]' (or pip install lpips)") from err
+        lpips = import_optional("lpips", extra="train", needed_for="pixel LPIPS")
         self.net_name = net
         # pretrained=True loads the package's shipped linear weights; pnet_rand=True builds the
         # backbone without downloading (its ImageNet weights are loaded below).

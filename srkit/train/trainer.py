@@ -47,7 +47,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..errors import ConfigError, UnsupportedError
+from ..errors import ConfigError, UnsupportedError, import_optional
 from . import checkpoint
 
 __all__ = ["EpochSampler", "LRSchedule", "Trainer", "run_training"]
@@ -165,8 +165,8 @@ class Trainer:
         num_workers: int = 0,
         cpu: bool = False,
     ):
-        from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        accelerate = import_optional("accelerate", extra="train", needed_for="srkit train")
+        Accelerator, set_seed = accelerate.Accelerator, accelerate.utils.set_seed
 
         if grad_accum < 1 or batch_size < 1 or max_steps < 1:
             raise ConfigError(f"grad_accum, batch_size and max_steps must be >= 1, got {grad_accum}, {batch_size}, {max_steps}")
@@ -462,9 +462,8 @@ def run_training(cfg: Any) -> list[dict[str, float]]:
     for key in ("method", "data", "train"):
         if not isinstance(config.get(key), Mapping):
             raise ConfigError(f"srkit train needs a {key!r} config group (e.g. {key}=<name> or +{key}._target_=<class>)")
-    from accelerate.utils import set_seed
-
-    set_seed(int(config["train"].get("seed", 0)))  # freshly initialised modules (discriminators, heads) are reproducible
+    accelerate = import_optional("accelerate", extra="train", needed_for="srkit train")  # before any model is built
+    accelerate.utils.set_seed(int(config["train"].get("seed", 0)))  # fresh modules (discriminators, heads) reproducible
     method = build_method(config["method"], weights=config.get("weights"), device="cpu", sampler=config.get("sampler"))
     dataset = instantiate(config["data"], where="data")
     trainer = instantiate(config["train"], where="train", method=method, dataset=dataset)
