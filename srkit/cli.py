@@ -20,9 +20,13 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from .errors import ConfigError, InvalidImageError, SrkitError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 log = logging.getLogger("srkit.cli")  # not __name__: that is "__main__" under `python -m srkit.cli`
 
@@ -362,6 +366,10 @@ def _sr_options(cfg: Any) -> dict[str, Any]:
             options[key] = parse(cfg[key])
         except _NotAllowed as allowed:
             raise ConfigError(f"{key}={_as_typed(cfg[key])} is not valid: {key} takes {allowed}") from None
+    if options["tile"] is not None and options["tile"] < max(2 * options["tile_overlap"], 8):  # known before any model
+        raise ConfigError(f"tile={options['tile']} is too small for tile_overlap={options['tile_overlap']}: a tile must be at "
+                          f"least 2 x tile_overlap and 8 pixels; pass tile={max(2 * options['tile_overlap'], 8)} or more, "
+                          "or a smaller tile_overlap")
     return options
 
 
@@ -536,18 +544,42 @@ class _Manifest:
 
 
 def _super_resolve(model: Any, source: Path, target: Path, options: dict[str, Any]) -> None:
-    """One image: the model super-resolves the colour; an alpha channel is upscaled apart (bicubic) and kept."""
-    from .io import decode_image, image_format, write_image
-    from .ops.resize import bicubic_upsample
+    """One image: the model super-resolves the colour; an alpha channel is upscaled apart (bicubic) and kept.
+
+    With a tile and a PNG output, the image is written band by band as the tiles finish (SRMethod.sr_rows), so
+    memory follows the tile, not the image: the file's samples stay 8- or 16-bit and the output is never held whole.
+    AdaIN's colour fix needs the whole output, so with it the output is assembled in memory.
+    """
+    from .io import decode_image, image_format, to_samples, write_image, write_png_rows
+    from .ops.resize import bicubic_upsample, bicubic_upsample_rows
 
     image = decode_image(source)
-    hr = model.sr(image.color[None], progress=options["progress"], **{key: options[key] for key in _SR_KNOBS})[0]
-    alpha = None if image.alpha is None else bicubic_upsample(image.alpha[None], model.scale)[0].clamp(0, 1)
     bits = options["bits"] or image.write_bits
-    written = image_format(bits, 3 if alpha is None else 4)
+    written = image_format(bits, 4 if image.has_alpha else 3)
     if written != image.format:
         log.warning("%s: %s is written as %s", source, image.format, written)
-    write_image(target, hr, bits=bits, alpha=alpha)
+    knobs = {key: options[key] for key in _SR_KNOBS}
+    fix = options["color_fix"] or model.color_fix
+    if options["tile"] is None or target.suffix.lower() != ".png" or fix == "adain":
+        hr = model.sr(image.color[None], progress=options["progress"], **knobs)[0]
+        alpha = None if image.alpha is None else bicubic_upsample(image.alpha[None], model.scale)[0].clamp(0, 1)
+        write_image(target, hr, bits=bits, alpha=alpha)
+        return
+    height, width = image.shape[-2:]
+
+    def alpha_rows(top: int, bottom: int) -> torch.Tensor:
+        return image.crop_alpha(top, 0, bottom - top, width)
+
+    def bands() -> Iterator[np.ndarray]:
+        for first, rows in model.sr_rows(image, progress=options["progress"], **knobs):
+            last = first + rows.shape[-2]
+            alpha = None
+            if image.has_alpha:
+                alpha = bicubic_upsample_rows(alpha_rows, first, last, scale=model.scale, height=height)[0].clamp(0, 1)
+            yield to_samples(rows[0], bits, alpha)
+
+    write_png_rows(target, bands(), width=model.scale * width, height=model.scale * height,
+                   channels=4 if image.has_alpha else 3, bits=bits)
 
 
 class _ConsoleHandler(logging.Handler):

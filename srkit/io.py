@@ -19,11 +19,11 @@ import struct
 import sys
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -63,12 +63,45 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """An image file as :func:`decode_image` reads it: sRGB colour, its alpha kept apart, and what the file stored."""
+    """An image file as :func:`decode_image` reads it: sRGB colour, its alpha kept apart, and what the file stored.
 
-    color: torch.Tensor  # float32 (3, H, W) in [0, 1]; gray replicated to three channels
-    alpha: torch.Tensor | None  # float32 (1, H, W) in [0, 1]; None when the file has no alpha channel
+    The samples stay in the file's integer type (a quarter of float32's memory for 8-bit files); :attr:`color` and
+    :attr:`alpha` convert them whole, :meth:`crop` a region (an :class:`srkit.types.ImageSource` for
+    :meth:`SRMethod.sr_rows`, which converts tile by tile).
+    """
+
+    samples: np.ndarray  # (H, W, C): C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA; uint8, uint16 or float32 in [0, 1]
     bits: int  # bits per sample in the file: 1, 8, 16 or 32
     format: str  # what the file stores, e.g. "8-bit palette", "16-bit gray+alpha" (see image_format)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(1, 3, H, W): the colour as one image batch."""
+        return (1, 3, *self.samples.shape[:2])
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.samples.shape[-1] in (2, 4)
+
+    def crop(self, top: int, left: int, height: int, width: int) -> torch.Tensor:
+        """The colour of a region as float32 (1, 3, height, width) in [0, 1]; gray replicated to three channels."""
+        region = self.samples[top : top + height, left : left + width, : 3 if self.samples.shape[-1] > 2 else 1]
+        color = _to_float(region)
+        return color.expand(3, -1, -1)[None] if color.shape[0] == 1 else color[None]
+
+    def crop_alpha(self, top: int, left: int, height: int, width: int) -> torch.Tensor:
+        """The alpha of a region as float32 (1, 1, height, width) in [0, 1] (the file must have one)."""
+        return _to_float(self.samples[top : top + height, left : left + width, -1:])[None]
+
+    @property
+    def color(self) -> torch.Tensor:
+        """float32 (3, H, W) in [0, 1]; gray replicated to three channels."""
+        return self.crop(0, 0, *self.samples.shape[:2])[0].contiguous()
+
+    @property
+    def alpha(self) -> torch.Tensor | None:
+        """float32 (1, H, W) in [0, 1]; None when the file has no alpha channel."""
+        return self.crop_alpha(0, 0, *self.samples.shape[:2])[0] if self.has_alpha else None
 
     @property
     def write_bits(self) -> int:
@@ -124,16 +157,13 @@ def decode_image(path: str | os.PathLike[str], *, max_pixels: int | None = 2**28
     """
     path = _existing_file(path)
     samples, bits, kind = _samples(path, max_pixels)
-    has_alpha = samples.shape[-1] in (2, 4)
-    color = samples[..., :-1] if has_alpha else samples
-    if color.shape[-1] == 1:
-        color = np.repeat(color, 3, axis=-1)
-    return DecodedImage(_channels_first(color), _channels_first(samples[..., -1:]) if has_alpha else None,
-                        bits, f"{bits}-bit {kind}")
+    return DecodedImage(samples, bits, f"{bits}-bit {kind}")
 
 
-def _channels_first(samples: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(samples.transpose(2, 0, 1), dtype=np.float32))
+def _to_float(samples: np.ndarray) -> torch.Tensor:
+    """(h, w, c) samples as float32 (c, h, w) in [0, 1]: 8-bit by /255, 16-bit by /65535, floats as they are."""
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(samples.dtype, 1.0)
+    return torch.from_numpy(np.ascontiguousarray(samples.transpose(2, 0, 1), dtype=np.float32) / np.float32(scale))
 
 
 def write_image(
@@ -162,7 +192,7 @@ def write_image(
         raise InvalidImageError(
             f"{fmt} cannot store an alpha channel; write a .png, .webp or .tif file, or flatten the alpha first"
         )
-    samples = _quantize(image, bits, alpha)
+    samples = to_samples(image, bits, alpha)
     if path.is_dir():
         raise InvalidImageError(f"{path} is a directory; pass a file name such as {path / 'out.png'}")
     try:
@@ -243,8 +273,9 @@ def _existing_file(path: str | os.PathLike[str]) -> Path:
 
 
 def _samples(path: Path, max_pixels: int | None) -> tuple[np.ndarray, int, str]:
-    """The first frame as float32 ``(H, W, C)`` in [0, 1], C being 1 (gray), 2 (gray+alpha), 3 or 4; with the
-    file's bits per sample and what it stores (``"RGB"``, ``"palette"``, ...)."""
+    """The first frame as ``(H, W, C)`` samples, C being 1 (gray), 2 (gray+alpha), 3 or 4: uint8 for files of up to
+    8 bits, uint16 for 16-bit files, float32 in [0, 1] for 32-bit ones; with the file's bits per sample and what it
+    stores (``"RGB"``, ``"palette"``, ...)."""
     image, rawmode = _load(path, max_pixels)
     icc = image.info.get("icc_profile")
     wide = _wide_samples(path, image, rawmode, max_pixels)
@@ -263,19 +294,19 @@ def _wide_samples(
     # another unpacker recovers the low bytes, with Pillow's own decompression and filtering.
     if rawmode == "LA;16B":  # PNG gray+alpha: 4 bytes a pixel, read whole as (gray_hi, gray_lo, alpha_hi, alpha_lo)
         raw = np.asarray(_load(path, max_pixels, "RGBA")[0], np.uint16)
-        return (raw[..., 0::2] << 8 | raw[..., 1::2]).astype(np.float32) / 65535, 16, "gray+alpha"
+        return raw[..., 0::2] << 8 | raw[..., 1::2], 16, "gray+alpha"
     if wide := _WIDE_RAWMODE.fullmatch(rawmode):
         low = _load(path, max_pixels, f"{wide[1]};16{_OTHER_BYTE[wide[2]]}")[0]
-        samples = (np.asarray(image, np.uint16) << 8 | np.asarray(low, np.uint16)).astype(np.float32) / 65535
+        samples = np.asarray(image, np.uint16) << 8 | np.asarray(low, np.uint16)
         return samples, 16, _CHANNEL_KINDS[samples.shape[-1]]
     mode = image.mode
     if mode == "I" or mode.startswith("I;16"):
-        samples = np.asarray(image).astype(np.float32)
+        samples = np.asarray(image)
         if mode == "I" and (samples.min() < 0 or samples.max() > 65535):
             raise InvalidImageError(
                 f"{path} has 32-bit integer samples outside 0..65535; save it as an 8- or 16-bit image"
             )
-        return np.atleast_3d(samples / 65535), 16 if mode.startswith("I;16") else 32, "gray"
+        return np.atleast_3d(samples.astype(np.uint16)), 16 if mode.startswith("I;16") else 32, "gray"
     if mode == "F":
         samples = np.asarray(image, np.float32)
         if not np.isfinite(samples).all():
@@ -306,7 +337,7 @@ def _eight_bit_samples(path: Path, image: Image.Image, icc: bytes | None) -> tup
         image = _to_srgb(path, image, icc)
     if image.mode not in ("L", "LA", "RGB", "RGBA"):
         image = image.convert(target)
-    return np.atleast_3d(np.asarray(image, np.float32) / 255), bits, kind
+    return np.atleast_3d(np.asarray(image, np.uint8)), bits, kind
 
 
 def _foreign_profile(path: Path, icc: bytes) -> tuple[ImageCms.ImageCmsProfile, str] | None:
@@ -403,8 +434,9 @@ def _corrupt(path: Path, error: Exception) -> InvalidImageError:
     return InvalidImageError(f"cannot decode {path}: {error} (the file is truncated or corrupt; re-export or re-download it)")
 
 
-def _quantize(image: torch.Tensor, bits: int, alpha: torch.Tensor | None = None) -> np.ndarray:
-    """Validate ``image`` (and ``alpha``) and round them to ``(H, W, C)`` uint8 or uint16 samples, alpha last."""
+def to_samples(image: torch.Tensor, bits: int, alpha: torch.Tensor | None = None) -> np.ndarray:
+    """Validate ``image`` (and ``alpha``) and round them to ``(H, W, C)`` uint8 or uint16 samples, alpha last: what
+    :func:`write_image` writes, and the bands :func:`write_png_rows` takes."""
     if not isinstance(image, torch.Tensor):
         raise InvalidImageError(
             f"image must be a torch.Tensor of shape (3, H, W), got {type(image).__name__}; "
@@ -443,21 +475,96 @@ def _encode(file: BinaryIO, samples: np.ndarray, fmt: str) -> None:
 
 def _write_png16(file: BinaryIO, samples: np.ndarray) -> None:
     """A 16-bit gray, gray+alpha, RGB or RGBA PNG, which Pillow cannot write (it has no 16-bit colour modes)."""
-    height, width, channels = samples.shape
-    rows = np.zeros((height, 1 + 2 * width * channels), np.uint8)  # column 0: filter type 0 (none)
-    rows[:, 1:] = samples.astype(">u2").reshape(height, -1).view(np.uint8)
+    writer = PNGRowWriter(file, width=samples.shape[1], height=samples.shape[0], channels=samples.shape[2], bits=16)
+    writer.write(samples)
+    writer.close()
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]  # the PNG colour types of gray, gray+alpha, RGB, RGBA
-    file.write(b"\x89PNG\r\n\x1a\n")
-    file.write(chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)))
-    file.write(chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)))
-    file.write(chunk(b"IEND", b""))
+class PNGRowWriter:
+    """A PNG encoded band by band: :meth:`write` takes ``(rows, W, C)`` uint8 or uint16 samples, top to bottom.
+
+    Hand-written because Pillow encodes only whole images (and no 16-bit colour); the format is PNG's own
+    (RFC 2083): IHDR, zlib-compressed IDAT chunks of filtered rows, IEND. Every row uses the Paeth filter, which
+    suits photographs; its prediction uses the unfiltered bytes, so a band is filtered at once in numpy.
+    """
+
+    _COLOR_TYPES: ClassVar[dict[int, int]] = {1: 0, 2: 4, 3: 2, 4: 6}  # gray, gray+alpha, RGB, RGBA
+
+    def __init__(self, file: BinaryIO, *, width: int, height: int, channels: int, bits: int):
+        if bits not in (8, 16) or channels not in self._COLOR_TYPES:
+            raise InvalidImageError(f"PNG rows must be 8- or 16-bit with 1 to 4 channels, got {bits}-bit x {channels}")
+        self.file, self.width, self.height, self.channels, self.bits = file, width, height, channels, bits
+        self.rows_written = 0
+        self._dtype = np.dtype(">u2") if bits == 16 else np.dtype(np.uint8)
+        self._previous = np.zeros(width * channels * self._dtype.itemsize, np.uint8)  # the row above the first: zeros
+        self._compressor = zlib.compressobj(6)
+        file.write(b"\x89PNG\r\n\x1a\n")
+        self._chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bits, self._COLOR_TYPES[channels], 0, 0, 0))
+
+    def _chunk(self, kind: bytes, data: bytes) -> None:
+        self.file.write(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)))
+
+    def write(self, samples: np.ndarray) -> None:
+        """Append rows: ``(n, width, channels)`` samples of the writer's bit depth."""
+        if samples.ndim != 3 or samples.shape[1:] != (self.width, self.channels):
+            raise InvalidImageError(f"PNG rows of shape {samples.shape} do not fit a {self.width} x {self.channels} image")
+        if self.rows_written + samples.shape[0] > self.height:
+            raise InvalidImageError(f"more than the {self.height} rows the PNG header declares")
+        raw = np.ascontiguousarray(samples.astype(self._dtype)).view(np.uint8).reshape(samples.shape[0], -1)
+        up = np.concatenate([self._previous[None], raw[:-1]]).astype(np.int16)
+        pixel = self.channels * self._dtype.itemsize  # Paeth's "left" is the same byte of the previous pixel
+        left = np.zeros_like(up)
+        left[:, pixel:] = raw[:, :-pixel]
+        up_left = np.zeros_like(up)
+        up_left[:, pixel:] = up[:, :-pixel]
+        estimate = left + up - up_left
+        distance_left, distance_up, distance_up_left = abs(estimate - left), abs(estimate - up), abs(estimate - up_left)
+        predicted = np.where((distance_left <= distance_up) & (distance_left <= distance_up_left), left,
+                             np.where(distance_up <= distance_up_left, up, up_left))
+        filtered = np.empty((raw.shape[0], raw.shape[1] + 1), np.uint8)
+        filtered[:, 0] = 4  # filter type Paeth
+        filtered[:, 1:] = (raw.astype(np.int16) - predicted).astype(np.uint8)  # modulo 256
+        data = self._compressor.compress(filtered.tobytes())
+        if data:
+            self._chunk(b"IDAT", data)
+        self._previous = raw[-1].copy()
+        self.rows_written += samples.shape[0]
+
+    def close(self) -> None:
+        """Flush the compressor and end the file; every declared row must have been written."""
+        if self.rows_written != self.height:
+            raise InvalidImageError(f"{self.rows_written} of the {self.height} rows the PNG header declares were written")
+        self._chunk(b"IDAT", self._compressor.flush())
+        self._chunk(b"IEND", b"")
+
+
+def write_png_rows(
+    path: str | os.PathLike[str],
+    bands: Iterable[np.ndarray],
+    *,
+    width: int,
+    height: int,
+    channels: int,
+    bits: int = 8,
+) -> Path:
+    """Write a PNG from ``(rows, width, channels)`` uint8/uint16 sample bands, top to bottom, atomically
+    (:func:`atomic_file`); memory holds one band, so images larger than memory can be written."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise InvalidImageError(f"write_png_rows writes PNG files; {path.name!r} has the extension {path.suffix!r}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidImageError(f"cannot create the folder {path.parent}: {e.strerror}; choose another output path") from e
+    with atomic_file(path) as file:
+        writer = PNGRowWriter(file, width=width, height=height, channels=channels, bits=bits)
+        for band in bands:
+            writer.write(band)
+        writer.close()
+    return path
 
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "READ_EXTENSIONS", "AlphaMode", "DecodedImage", "atomic_file", "decode_image", "image_format",
-    "list_images", "read_image", "remove_partial_writes", "write_image",
+    "IMAGE_EXTENSIONS", "READ_EXTENSIONS", "AlphaMode", "DecodedImage", "PNGRowWriter", "atomic_file", "decode_image",
+    "image_format", "list_images", "read_image", "remove_partial_writes", "to_samples", "write_image", "write_png_rows",
 ]

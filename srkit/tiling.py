@@ -21,7 +21,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -103,9 +103,52 @@ def tiled_apply(
     ``tile`` and ``overlap`` are in input pixels; ``multiple`` is the side multiple ``fn`` needs
     (inputs are padded by reflection and outputs cropped); ``batch_size`` tiles go through ``fn``
     at once. When ``scale < 1`` (an encoder), tile offsets are aligned to ``1 / scale``.
+    The result is assembled from :func:`tiled_rows`: besides the output, memory holds one band of
+    tiles (a tile tall, the image wide), not an image-sized weight map.
     """
-    if x.dim() != 4:
-        raise TileError(f"tiled_apply expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
+    out: Tensor | None = None
+    for top, rows in tiled_rows(fn, x, scale=scale, tile=tile, overlap=overlap, multiple=multiple,
+                                batch_size=batch_size, progress=progress):
+        if out is None:
+            out = rows.new_empty(*rows.shape[:2], round(x.shape[-2] * scale), rows.shape[-1])
+        out[..., top : top + rows.shape[-2], :] = rows
+    assert out is not None
+    return out
+
+
+def crop_tensor(x: Tensor, top: int, left: int, height: int, width: int) -> Tensor:
+    """The region of ``x`` a tile covers (the default ``crop`` of :func:`tiled_rows`)."""
+    return x[..., top : top + height, left : left + width]
+
+
+def tiled_rows(
+    fn: Callable[[Tensor], Tensor],
+    x: Any,
+    *,
+    scale: float,
+    tile: int,
+    overlap: int = 32,
+    multiple: int = 1,
+    batch_size: int = 1,
+    progress: bool = False,
+    crop: Callable[[Any, int, int, int, int], Tensor] = crop_tensor,
+    chunk_elements: int = 2**22,
+) -> Iterator[tuple[int, Tensor]]:
+    """:func:`tiled_apply`'s output as it becomes final: ``(first row, rows)`` pairs, top to bottom.
+
+    The tiles run one row of tiles at a time and are blended into a band one tile tall and the image
+    wide; after each row of tiles, the band's rows that no later tile reaches are yielded (in chunks of
+    about ``chunk_elements`` values) and the band moves down. So memory follows the tile and the
+    image's width, not its area: a caller that writes the rows out (:func:`srkit.io.write_png_rows`)
+    super-resolves images whose output would not fit in memory.
+
+    ``x`` is a (B, C, H, W) tensor, or any object with such a ``shape`` from which ``crop(x, top, left,
+    height, width)`` returns a region as a tensor (an 8-bit image converted tile by tile).
+    The blend weights are a product of per-axis ramps, so they are normalised per axis.
+    """
+    shape = tuple(x.shape)
+    if len(shape) != 4:
+        raise TileError(f"tiled_apply expects a (B, C, H, W) tensor, got shape {shape}")
     if scale <= 0:
         raise TileError(f"scale must be positive, got {scale}")
     if overlap < 0:
@@ -118,51 +161,68 @@ def tiled_apply(
             f"(2 x overlap={overlap}, and the model's size multiple {multiple}); "
             "use a larger tile or a smaller tile_overlap"
         )
-    if align > 1 and (tile % align or x.shape[-2] % align or x.shape[-1] % align):
+    batch, _, height, width = shape
+    if align > 1 and (tile % align or height % align or width % align):
         raise TileError(
-            f"with scale 1/{align}, the tile ({tile}) and the image sides {tuple(x.shape[-2:])} "
+            f"with scale 1/{align}, the tile ({tile}) and the image sides {(height, width)} "
             f"must be multiples of {align}; pad or crop the image first"
         )
-    batch, _, height, width = x.shape
     if tile >= height and tile >= width:
-        return apply_padded(fn, x, scale=scale, multiple=multiple)
+        yield 0, apply_padded(fn, crop(x, 0, 0, height, width), scale=scale, multiple=multiple)
+        return
 
     tile_h, tile_w = min(tile, height), min(tile, width)
-    boxes = [
-        (top, left)
-        for top in tile_starts(height, tile_h, overlap, align)
-        for left in tile_starts(width, tile_w, overlap, align)
-    ]
+    tops, lefts = tile_starts(height, tile_h, overlap, align), tile_starts(width, tile_w, overlap, align)
     out_h, out_w = round(height * scale), round(width * scale)
     tile_out_h, tile_out_w = round(tile_h * scale), round(tile_w * scale)
-    out: Tensor | None = None
-    out_dtype = x.dtype
-    weight_sum = torch.zeros(out_h, out_w, device=x.device, dtype=torch.float64)
-    accumulate_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+
+    def ramps(starts: list[int], size: int, size_out: int, length: int, length_out: int) -> tuple[list[Tensor], Tensor]:
+        per_tile = [_ramp(size_out, scale, overlap, start > 0, start + size < length, torch.device("cpu")) for start in starts]
+        total = torch.zeros(length_out, dtype=torch.float64)
+        for start, ramp in zip(starts, per_tile):
+            total[round(start * scale) : round(start * scale) + size_out] += ramp
+        return per_tile, total
+
+    row_ramps, row_total = ramps(tops, tile_h, tile_out_h, height, out_h)
+    col_ramps, col_total = ramps(lefts, tile_w, tile_out_w, width, out_w)
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(boxes), desc="tiles", unit="tile", disable=not progress, leave=False)
-    for first in range(0, len(boxes), batch_size):
-        group = boxes[first : first + batch_size]
-        crops = torch.cat([x[..., top : top + tile_h, left : left + tile_w] for top, left in group])
-        results = apply_padded(fn, crops, scale=scale, multiple=multiple)
-        if out is None:
-            out = torch.zeros(batch, results.shape[1], out_h, out_w, device=x.device, dtype=accumulate_dtype)
-            out_dtype = results.dtype
-        for index, (top, left) in enumerate(group):
-            rows = _ramp(tile_out_h, scale, overlap, top > 0, top + tile_h < height, x.device)
-            cols = _ramp(tile_out_w, scale, overlap, left > 0, left + tile_w < width, x.device)
-            window = rows[:, None] * cols[None, :]
-            o_top, o_left = round(top * scale), round(left * scale)
-            region = (slice(o_top, o_top + tile_out_h), slice(o_left, o_left + tile_out_w))
-            tile_out = results[index * batch : (index + 1) * batch]
-            out[(..., *region)] += tile_out.to(accumulate_dtype) * window.to(accumulate_dtype)
-            weight_sum[region] += window
-        bar.update(len(group))
+    bar = tqdm(total=len(tops) * len(lefts), desc="tiles", unit="tile", disable=not progress, leave=False)
+    band: Tensor | None = None  # rows [band_top, band_top + tile_out_h) of the weighted sum, on fn's device
+    band_top, out_dtype = 0, torch.float32
+    for index, top in enumerate(tops):
+        boxes = [(top, left) for left in lefts]
+        for first in range(0, len(boxes), batch_size):
+            group = boxes[first : first + batch_size]
+            crops = torch.cat([crop(x, t, left, tile_h, tile_w) for t, left in group])
+            results = apply_padded(fn, crops, scale=scale, multiple=multiple)
+            if band is None:
+                out_dtype = results.dtype
+                accumulate = torch.float64 if out_dtype == torch.float64 else torch.float32
+                band = torch.zeros(batch, results.shape[1], tile_out_h, out_w, device=results.device, dtype=accumulate)
+                row_total, col_total = row_total.to(results.device, accumulate), col_total.to(results.device, accumulate)
+            offset = round(top * scale) - band_top
+            rows = row_ramps[index].to(band)
+            for k, (_, left) in enumerate(group):
+                o_left = round(left * scale)
+                window = rows[:, None] * col_ramps[lefts.index(left)].to(band)[None, :]
+                tile_out = results[k * batch : (k + 1) * batch].to(band)
+                band[..., offset : offset + tile_out_h, o_left : o_left + tile_out_w] += tile_out * window
+            bar.update(len(group))
+        assert band is not None
+        done = out_h if index + 1 == len(tops) else round(tops[index + 1] * scale)  # rows no later tile reaches
+        step = max(1, chunk_elements // (band.shape[0] * band.shape[1] * out_w))
+        for first in range(band_top, done, step):
+            last = min(first + step, done)
+            norm = row_total[first:last, None] * col_total[None, :]
+            yield first, (band[..., first - band_top : last - band_top, :] / norm).to(out_dtype)
+        kept = band_top + tile_out_h - done  # rows of this band that the next row of tiles adds to
+        if kept > 0:
+            band[..., :kept, :] = band[..., done - band_top :, :].clone()
+        band[..., max(kept, 0) :, :] = 0
+        band_top = done
     bar.close()
-    assert out is not None
-    return (out / weight_sum.to(accumulate_dtype)).to(out_dtype)
 
 
 # ------------------------------------------------------------------------------------------------

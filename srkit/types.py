@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,47 @@ def check_image_tensor(x: Tensor, *, name: str = "lr", channels: int = 3) -> Ten
     return x
 
 
+class ImageSource(Protocol):
+    """An image read tile by tile (:meth:`SRMethod.sr_rows`): ``shape`` (B, 3, H, W); ``crop`` returns a region as floats in [0, 1]."""
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]: ...
+
+    def crop(self, top: int, left: int, height: int, width: int) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    """A (B, 3, H, W) tensor in [0, 1] as an :class:`ImageSource`."""
+
+    image: Tensor
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return tuple(self.image.shape)  # type: ignore[return-value]
+
+    def crop(self, top: int, left: int, height: int, width: int) -> Tensor:
+        return self.image[..., top : top + height, left : left + width]
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One sr()/sr_rows() call, checked: the function run on (tiles of) the stacked LR, and the colour fix."""
+
+    run: Callable[[Tensor], Tensor]
+    stack: Callable[[Tensor], Tensor]  # the LR with the image-valued knobs stacked on its channels
+    fix: ColorFix
+    decoder_tile: int | None
+
+    @contextmanager
+    def decoding(self) -> Iterator[None]:
+        token = _DECODER_TILE.set(self.decoder_tile)
+        try:
+            yield
+        finally:
+            _DECODER_TILE.reset(token)
+
+
 class SRMethod(nn.Module, ABC):
     """A super-resolution method: backbone + sampler + hooks, or a plain regressor.
 
@@ -195,57 +237,120 @@ class SRMethod(nn.Module, ABC):
         stage-wise tiling (:meth:`Autoencoder.decode_tiled`), so the decoder's memory follows the tile.
         ``color_fix`` (default: the method's ``color_fix``; ``"none"`` turns it off) corrects the colours of the
         whole output, after the tiles are merged, against the bicubic upsampling of the LR.
+        For outputs too large for memory, :meth:`sr_rows` yields the same result band by band.
         """
-        from .ops.color import check_color_fix
         from .ops.color import color_fix as apply_color_fix
         from .ops.resize import bicubic_upsample
         from .tiling import apply_padded, tiled_apply
 
         lr = check_image_tensor(lr)
+        call = self._prepare_call(lr, steps=steps, seed=seed, tile=tile, decoder_tile=decoder_tile, color_fix=color_fix,
+                                  knobs=knobs)
+        in_dtype, in_device = lr.dtype, lr.device
+        lr = lr.to(self.device, self.dtype)
+        stacked = call.stack(lr)
+        with call.decoding():
+            if tile is None:
+                out = apply_padded(call.run, stacked, scale=self.scale, multiple=self.size_multiple)
+            else:
+                out = tiled_apply(call.run, stacked, scale=self.scale, tile=tile, overlap=tile_overlap, multiple=self.size_multiple,
+                                  batch_size=tile_batch, progress=progress)
+        self._check_output(out, lr.shape)
+        if call.fix != "none":
+            out = apply_color_fix(out, bicubic_upsample(lr, self.scale).clamp(0, 1), call.fix)
+        return out.clamp_(0, 1).to(in_device, in_dtype)
+
+    @torch.no_grad()
+    def sr_rows(
+        self,
+        lr: Tensor | ImageSource,
+        *,
+        tile: int,
+        steps: int | None = None,
+        seed: int | None = None,
+        tile_overlap: int = 32,
+        tile_batch: int = 1,
+        decoder_tile: int | None = None,
+        color_fix: ColorFix | None = None,
+        progress: bool = False,
+    ) -> Iterator[tuple[int, Tensor]]:
+        """:meth:`sr` with ``tile``, yielded as ``(first row, rows)`` bands of the output, top to bottom, on the CPU.
+
+        Memory follows the tile and the output's width, not its area (:func:`srkit.tiling.tiled_rows`):
+        ``lr`` may be an :class:`ImageSource` that converts each tile from the file's 8- or 16-bit samples
+        (:class:`srkit.io.DecodedImage`), and a caller that writes the bands out (:func:`srkit.io.write_png_rows`)
+        never holds the output. The colour fixes ``wavelet`` and ``ycbcr`` are local, so they are applied band by
+        band with the rows they reach, which equals :meth:`sr`'s whole-image fix; ``adain`` needs the statistics of
+        the whole output, so it is refused here (use :meth:`sr`). Image-valued knobs (PG-ResShift's guide) need
+        :meth:`sr`.
+        """
+        from .ops.color import color_fix_rows
+        from .ops.resize import bicubic_upsample_rows
+        from .tiling import tiled_rows
+
+        source = lr if not isinstance(lr, Tensor) else TensorSource(check_image_tensor(lr))
+        height, width = source.shape[-2:]
+        call = self._prepare_call(None, steps=steps, seed=seed, tile=tile, decoder_tile=decoder_tile, color_fix=color_fix,
+                                  knobs={})
+        if call.fix == "adain":
+            raise UnsupportedError(
+                "color_fix=adain needs the statistics of the whole output, which sr_rows never holds; "
+                "use sr() (the output in memory) or color_fix=wavelet"
+            )
+
+        def crop(_: Any, top: int, left: int, h: int, w: int) -> Tensor:
+            return check_image_tensor(source.crop(top, left, h, w)).to(self.device, self.dtype)
+
+        def lr_rows(top: int, bottom: int) -> Tensor:
+            return source.crop(top, 0, bottom - top, width).to(torch.float32)
+
+        def reference(first: int, last: int) -> Tensor:  # rows of bicubic_upsample(lr), as sr()'s colour fix uses
+            return bicubic_upsample_rows(lr_rows, first, last, scale=self.scale, height=height).clamp(0, 1)
+
+        with call.decoding():
+            rows = tiled_rows(call.run, source, scale=self.scale, tile=tile, overlap=tile_overlap, multiple=self.size_multiple,
+                              batch_size=tile_batch, progress=progress, crop=crop)
+            for first, band in color_fix_rows(((f, b.to("cpu", torch.float32)) for f, b in rows), reference, call.fix,
+                                              height=self.scale * height):
+                yield first, band.clamp_(0, 1)
+
+    def _prepare_call(self, lr: Tensor | None, *, steps: int | None, seed: int | None, tile: int | None,
+                      decoder_tile: int | None, color_fix: ColorFix | None, knobs: dict[str, Any]) -> _Call:
+        """What :meth:`sr` and :meth:`sr_rows` check before any model runs, and the function they run on (tiles of) the LR."""
+        from .ops.color import check_color_fix
+
         steps = self._check_steps(steps)
         fix = self.color_fix if color_fix is None else check_color_fix(color_fix)
         if decoder_tile is not None and (int(decoder_tile) != decoder_tile or decoder_tile < 8):
             raise UnsupportedError(f"decoder_tile must be an integer >= 8 latent pixels, got {decoder_tile!r}")
-        in_dtype, in_device = lr.dtype, lr.device
-        lr = lr.to(self.device, self.dtype)
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(self.device).manual_seed(int(seed))
-
+        if tile is not None and self.descriptor.tiling == "internal":
+            raise UnsupportedError(f"{self.descriptor.name} tiles internally; call sr() without tile=")
+        generator = None if seed is None else torch.Generator(self.device).manual_seed(int(seed))
         # Image-valued knobs (PG-ResShift's HR guide) travel with the LR: pixel-unshuffled to the LR's size and stacked
         # on its channels, they are padded and cut into tiles exactly as the LR is.
-        riders = {k: v.shape[-1] // lr.shape[-1] for k, v in knobs.items() if _rides_with(v, lr)}
-        stacked = torch.cat([lr, *(F.pixel_unshuffle(knobs[k].to(lr), f) for k, f in riders.items())], 1) if riders else lr
+        riders = {} if lr is None else {k: v.shape[-1] // lr.shape[-1] for k, v in knobs.items() if _rides_with(v, lr)}
+
+        def stack(x: Tensor) -> Tensor:
+            return torch.cat([x, *(F.pixel_unshuffle(knobs[k].to(x), f) for k, f in riders.items())], 1) if riders else x
 
         def run(x: Tensor) -> Tensor:
-            call_knobs, start = dict(knobs), lr.shape[1]
+            call_knobs, start = dict(knobs), 3
             for name, factor in riders.items():
                 width = knobs[name].shape[1] * factor * factor
                 call_knobs[name] = F.pixel_shuffle(x[:, start : start + width], factor)
                 start += width
-            out = self._sr(self.to_model_range(x[:, : lr.shape[1]]), steps=steps, generator=generator, **call_knobs)
+            out = self._sr(self.to_model_range(x[:, :3]), steps=steps, generator=generator, **call_knobs)
             return self.from_model_range(out)
 
-        token = _DECODER_TILE.set(decoder_tile)
-        try:
-            if tile is None:
-                out = apply_padded(run, stacked, scale=self.scale, multiple=self.size_multiple)
-            else:
-                if self.descriptor.tiling == "internal":
-                    raise UnsupportedError(f"{self.descriptor.name} tiles internally; call sr() without tile=")
-                out = tiled_apply(run, stacked, scale=self.scale, tile=tile, overlap=tile_overlap, multiple=self.size_multiple,
-                                  batch_size=tile_batch, progress=progress)
-        finally:
-            _DECODER_TILE.reset(token)
-        expected = (lr.shape[0], 3, self.scale * lr.shape[-2], self.scale * lr.shape[-1])
+        return _Call(run=run, stack=stack, fix=fix, decoder_tile=decoder_tile)
+
+    def _check_output(self, out: Tensor, lr_shape: torch.Size) -> None:
+        expected = (lr_shape[0], 3, self.scale * lr_shape[-2], self.scale * lr_shape[-1])
         if tuple(out.shape) != expected:
             raise UnsupportedError(
-                f"{self.descriptor.name} returned shape {tuple(out.shape)} for an LR of {tuple(lr.shape)}, expected "
+                f"{self.descriptor.name} returned shape {tuple(out.shape)} for an LR of {tuple(lr_shape)}, expected "
                 f"{expected} (scale {self.scale}); this is a bug in the method, please report it"
             )
-        if fix != "none":
-            out = apply_color_fix(out, bicubic_upsample(lr, self.scale).clamp(0, 1), fix)
-        return out.clamp_(0, 1).to(in_device, in_dtype)
 
     def to_model_range(self, x: Tensor) -> Tensor:
         """[0, 1] -> ``descriptor.value_range`` (e.g. ResShift's y_0 = (lr - 0.5) / 0.5, bit for bit)."""

@@ -45,6 +45,7 @@ BAD_VALUES = {
     "seed=abc": "seed=abc is not valid: seed takes a whole number >= 0, or null (unseeded)",
     "tile_batch=0": "tile_batch=0 is not valid: tile_batch takes a whole number >= 1",
     "tile_overlap=-1": "tile_overlap=-1 is not valid: tile_overlap takes a whole number >= 0",
+    "tile=40": "tile=40 is too small for tile_overlap=32: a tile must be at least 2 x tile_overlap and 8 pixels; pass tile=64",
     "steps=0": "steps=0 is not valid: steps takes a whole number >= 1, or null (the method's default)",
     "decoder_tile=4": "decoder_tile=4 is not valid: decoder_tile takes a whole number >= 8",
     "bits=12": "bits=12 is not valid: bits takes 8 or 16, or null (the bit depth of each input)",

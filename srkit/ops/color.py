@@ -15,6 +15,8 @@ the sizes differ. Images are (B, 3, H, W) in any range; the result is not clampe
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -22,7 +24,10 @@ from torch import Tensor
 from ..errors import ConfigError, InvalidImageError
 from ..types import ColorFix
 
-__all__ = ["ColorFix", "adain_color_fix", "check_color_fix", "color_fix", "wavelet_color_fix", "wavelet_decompose", "ycbcr_color_fix"]
+__all__ = [
+    "LOCAL_FIX_REACH", "ColorFix", "adain_color_fix", "check_color_fix", "color_fix", "color_fix_rows", "wavelet_color_fix",
+    "wavelet_decompose", "ycbcr_color_fix",
+]
 
 
 # BT.601 full-range RGB -> YCbCr (offsets omitted: they cancel in the round trip).
@@ -101,6 +106,46 @@ def check_color_fix(kind: str | None) -> ColorFix:
     if kind != "none" and kind not in _FIXES:
         raise ConfigError(f"color_fix={kind!r} is not a colour fix; use one of none, {', '.join(_FIXES)}")
     return kind  # type: ignore[return-value]
+
+
+# How many rows away a fixed pixel's value reaches: the sum of the dilations of the wavelet blurs (1 + 2 + ... + 16
+# for StableSR's 5 levels); ycbcr is per pixel. adain is absent: its statistics are the whole image's.
+LOCAL_FIX_REACH = {"none": 0, "ycbcr": 0, "wavelet": 2**5 - 1}
+
+
+def color_fix_rows(
+    rows: Iterable[tuple[int, Tensor]],
+    reference: Callable[[int, int], Tensor],
+    kind: ColorFix,
+    *,
+    height: int,
+    min_rows: int = 64,
+) -> Iterator[tuple[int, Tensor]]:
+    """:func:`color_fix` applied to an image that arrives as ``(first row, rows)`` bands, top to bottom.
+
+    ``reference(first, last)`` returns the reference's rows ``[first, last)``; ``height`` is the image's. A local fix
+    (:data:`LOCAL_FIX_REACH`) is applied to at least ``min_rows`` rows at a time, with the rows it reaches above and
+    below as context, so the result equals the fix of the whole image up to float rounding.
+    """
+    if kind not in LOCAL_FIX_REACH:
+        raise ConfigError(f"color_fix={kind!r} needs the whole image; only {', '.join(LOCAL_FIX_REACH)} work band by band")
+    reach = LOCAL_FIX_REACH[kind]
+    if kind == "none":
+        yield from rows
+        return
+    held: list[Tensor] = []  # rows [held_top, held_top + held rows): context above + rows not yet fixed
+    held_top, fixed_to = 0, 0
+    for first, band in rows:
+        held.append(band)
+        held_end = first + band.shape[-2]
+        ready = held_end if held_end == height else held_end - reach  # rows whose reach lies inside what is held
+        if ready - fixed_to < min_rows and held_end != height:
+            continue
+        context = torch.cat(held, -2)
+        fixed = color_fix(context, reference(held_top, held_end), kind)
+        yield fixed_to, fixed[..., fixed_to - held_top : ready - held_top, :]
+        keep_from = max(held_top, ready - reach)
+        held, held_top, fixed_to = [context[..., keep_from - held_top :, :]], keep_from, ready
 
 
 def color_fix(image: Tensor, reference: Tensor, kind: ColorFix | None = "wavelet") -> Tensor:

@@ -20,6 +20,7 @@ input's device and is differentiable. Weights are computed in float64 and cached
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import lru_cache
 from numbers import Real
 
@@ -181,3 +182,11 @@ def bicubic_upsample(x: Tensor, scale: int) -> Tensor:
     """PyTorch's bicubic upsampling (a = -0.75, no antialiasing), what the official diffusion SR codes feed their
     encoders and colour fixes; not MATLAB's :func:`imresize`."""
     return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
+def bicubic_upsample_rows(read: Callable[[int, int], Tensor], first: int, last: int, *, scale: int, height: int) -> Tensor:
+    """Rows ``[first, last)`` of ``bicubic_upsample(image, scale)``, computed from the rows ``read(top, bottom)`` of
+    the ``height``-row image that they reach: the 4-tap kernel reaches 2 input rows beyond its centre, and the
+    border is replicated only at the image's own edges, so the rows equal the whole image's."""
+    top, bottom = max(0, first // scale - 2), min(height, -(-last // scale) + 2)
+    return bicubic_upsample(read(top, bottom), scale)[..., first - top * scale : last - top * scale, :]
