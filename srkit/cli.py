@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from .io import DecodedImage
+
 log = logging.getLogger("srkit.cli")  # not __name__: that is "__main__" under `python -m srkit.cli`
 
 
@@ -329,6 +331,14 @@ def _path(value: Any) -> Path:
     raise _NotAllowed("a file or folder path")
 
 
+def _tile(value: Any) -> int | str | None:
+    if value == "auto" or value is None:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise _NotAllowed("a whole number >= 1, auto (the largest that free memory allows), or null (whole images)")
+
+
 def _bits(value: Any) -> int | None:
     if value is None or (value in (8, 16) and not isinstance(value, bool)):
         return value
@@ -345,7 +355,7 @@ def _color_fix(value: Any) -> str | None:
 _SR_OPTIONS: dict[str, Callable[[Any], Any]] = {
     "input": _path, "output": _path, "recursive": _flag, "weights": _text(null="the method's default files"),
     "device": _text(), "dtype": _text(), "steps": _whole(1, null="the method's default"),
-    "seed": _whole(0, null="unseeded"), "tile": _whole(1, null="whole images"), "tile_overlap": _whole(0),
+    "seed": _whole(0, null="unseeded"), "tile": _tile, "tile_overlap": _whole(0),
     "tile_batch": _whole(1), "decoder_tile": _whole(8, null="untiled decoding"), "color_fix": _color_fix,
     "bits": _bits, "overwrite": _flag, "progress": _flag,
 }
@@ -366,7 +376,7 @@ def _sr_options(cfg: Any) -> dict[str, Any]:
             options[key] = parse(cfg[key])
         except _NotAllowed as allowed:
             raise ConfigError(f"{key}={_as_typed(cfg[key])} is not valid: {key} takes {allowed}") from None
-    if options["tile"] is not None and options["tile"] < max(2 * options["tile_overlap"], 8):  # known before any model
+    if isinstance(options["tile"], int) and options["tile"] < max(2 * options["tile_overlap"], 8):  # known before any model
         raise ConfigError(f"tile={options['tile']} is too small for tile_overlap={options['tile_overlap']}: a tile must be at "
                           f"least 2 x tile_overlap and 8 pixels; pass tile={max(2 * options['tile_overlap'], 8)} or more, "
                           "or a smaller tile_overlap")
@@ -550,17 +560,34 @@ def _super_resolve(model: Any, source: Path, target: Path, options: dict[str, An
     memory follows the tile, not the image: the file's samples stay 8- or 16-bit and the output is never held whole.
     AdaIN's colour fix needs the whole output, so with it the output is assembled in memory.
     """
-    from .io import decode_image, image_format, to_samples, write_image, write_png_rows
-    from .ops.resize import bicubic_upsample, bicubic_upsample_rows
+    from .io import decode_image, image_format
 
     image = decode_image(source)
     bits = options["bits"] or image.write_bits
     written = image_format(bits, 4 if image.has_alpha else 3)
     if written != image.format:
         log.warning("%s: %s is written as %s", source, image.format, written)
-    knobs = {key: options[key] for key in _SR_KNOBS}
+    if options["tile"] != "auto":
+        _write_result(model, image, target, options, options["tile"])
+        return
+    from .tiling import auto_tile, with_auto_tile
+
+    # The output of a streamed write is never held: only a band and one tile's working memory must fit.
+    minimum = max(2 * options["tile_overlap"], model.size_multiple, 8)
+    start = auto_tile(image.shape, scale=model.scale, device=model.device, minimum=minimum)
+    with_auto_tile(lambda tile: _write_result(model, image, target, options, tile), start=start,
+                   side=max(image.shape[-2:]), minimum=minimum, device=model.device)
+
+
+def _write_result(model: Any, image: DecodedImage, target: Path, options: dict[str, Any], tile: int | None) -> None:
+    """Super-resolve ``image`` with ``tile`` and write it (atomically: a failure leaves no file)."""
+    from .io import to_samples, write_image, write_png_rows
+    from .ops.resize import bicubic_upsample, bicubic_upsample_rows
+
+    bits = options["bits"] or image.write_bits
+    knobs = {**{key: options[key] for key in _SR_KNOBS}, "tile": tile}
     fix = options["color_fix"] or model.color_fix
-    if options["tile"] is None or target.suffix.lower() != ".png" or fix == "adain":
+    if tile is None or target.suffix.lower() != ".png" or fix == "adain":
         hr = model.sr(image.color[None], progress=options["progress"], **knobs)[0]
         alpha = None if image.alpha is None else bicubic_upsample(image.alpha[None], model.scale)[0].clamp(0, 1)
         write_image(target, hr, bits=bits, alpha=alpha)

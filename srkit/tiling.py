@@ -17,17 +17,23 @@ stage over tiles with halos and image-wide GroupNorm statistics, which is exact.
 
 from __future__ import annotations
 
+import gc
 import itertools
+import logging
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import TileError
+
+_T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 
 def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
@@ -223,6 +229,71 @@ def tiled_rows(
         band[..., max(kept, 0) :, :] = 0
         band_top = done
     bar.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# tile="auto": a tile from free memory, halved on an out-of-memory error
+
+# Working memory of one tile as a multiple of its float32 output: the networks' activations (a VAE decoder's widest
+# stage holds 128-512 channels at the output's resolution) are tens of times the 3-channel output. A first guess:
+# too large a guess costs one out-of-memory error and a retry with half the tile.
+AUTO_TILE_WORKING_FACTOR = 64
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes that can be allocated on ``device`` now: the CUDA driver's free memory, or the host's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def auto_tile(shape: Sequence[int], *, scale: float, device: torch.device, minimum: int = 64) -> int | None:
+    """The tile ``tile="auto"`` starts from for a (B, C, H, W) input: None (untiled) when the whole image's working
+    memory (:data:`AUTO_TILE_WORKING_FACTOR` x its float32 output) fits half the free memory, else the largest
+    multiple of 8 that does (at least ``minimum``)."""
+    batch, _, height, width = shape
+    budget = free_memory(device) / 2
+    per_lr_pixel = batch * 3 * 4 * scale * scale * AUTO_TILE_WORKING_FACTOR
+    if height * width * per_lr_pixel <= budget:
+        return None
+    return max(minimum, int(math.sqrt(budget / per_lr_pixel)) // 8 * 8)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation failure: torch's OutOfMemoryError (CUDA, MPS) or the CPU allocator's."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and ("can't allocate memory" in str(error) or "not enough memory" in str(error)))
+
+
+def with_auto_tile(run: Callable[[int | None], _T], *, start: int | None, side: int, minimum: int,
+                   device: torch.device) -> _T:
+    """``run(tile)`` from ``start``, halving the tile after each out-of-memory error (None = untiled halves to
+    the image's longer ``side``); a TileError once the tile would fall below ``minimum``."""
+    tile = start
+    while True:
+        try:
+            return run(tile)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            smaller = (side if tile is None else tile) // 2 // 8 * 8
+            if smaller < minimum:
+                raise TileError(
+                    f"out of memory even with tile={tile}, the smallest tile for this model ({minimum}); free memory "
+                    "(other processes, a smaller tile_batch or decoder_tile) or run on a device with more"
+                ) from None
+            log.warning("out of memory with tile=%s; retrying with tile=%d", tile or "none (untiled)", smaller)
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            tile = smaller
 
 
 # ------------------------------------------------------------------------------------------------

@@ -221,7 +221,7 @@ class SRMethod(nn.Module, ABC):
         *,
         steps: int | None = None,
         seed: int | None = None,
-        tile: int | None = None,
+        tile: int | Literal["auto"] | None = None,
         tile_overlap: int = 32,
         tile_batch: int = 1,
         decoder_tile: int | None = None,
@@ -232,8 +232,9 @@ class SRMethod(nn.Module, ABC):
         """Super-resolve ``lr`` (B, 3, h, w) in [0, 1] to (B, 3, s*h, s*w) in [0, 1].
 
         ``seed`` makes stochastic methods deterministic; ``tile`` (LR pixels) bounds memory by
-        processing overlapping tiles blended smoothly (see :func:`srkit.tiling.tiled_apply`);
-        ``decoder_tile`` (latent pixels) decodes the latents of latent methods with the exact
+        processing overlapping tiles blended smoothly (see :func:`srkit.tiling.tiled_apply`); ``tile="auto"`` starts
+        from a tile that free memory allows (:func:`srkit.tiling.auto_tile`; untiled when the image fits) and halves
+        it after each out-of-memory error; ``decoder_tile`` (latent pixels) decodes the latents of latent methods with the exact
         stage-wise tiling (:meth:`Autoencoder.decode_tiled`), so the decoder's memory follows the tile.
         ``color_fix`` (default: the method's ``color_fix``; ``"none"`` turns it off) corrects the colours of the
         whole output, after the tiles are merged, against the bicubic upsampling of the LR.
@@ -244,6 +245,15 @@ class SRMethod(nn.Module, ABC):
         from .tiling import apply_padded, tiled_apply
 
         lr = check_image_tensor(lr)
+        if tile == "auto":
+            from .tiling import auto_tile, with_auto_tile
+
+            minimum = max(2 * tile_overlap, self.size_multiple, 8)
+            start = auto_tile(lr.shape, scale=self.scale, device=self.device, minimum=minimum)
+            return with_auto_tile(
+                lambda t: self.sr(lr, steps=steps, seed=seed, tile=t, tile_overlap=tile_overlap, tile_batch=tile_batch,
+                                  decoder_tile=decoder_tile, color_fix=color_fix, progress=progress, **knobs),
+                start=start, side=max(lr.shape[-2:]), minimum=minimum, device=self.device)
         call = self._prepare_call(lr, steps=steps, seed=seed, tile=tile, decoder_tile=decoder_tile, color_fix=color_fix,
                                   knobs=knobs)
         in_dtype, in_device = lr.dtype, lr.device
@@ -323,6 +333,8 @@ class SRMethod(nn.Module, ABC):
         fix = self.color_fix if color_fix is None else check_color_fix(color_fix)
         if decoder_tile is not None and (int(decoder_tile) != decoder_tile or decoder_tile < 8):
             raise UnsupportedError(f"decoder_tile must be an integer >= 8 latent pixels, got {decoder_tile!r}")
+        if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int)):
+            raise ConfigError(f"tile must be a whole number of LR pixels, 'auto' or None, got {tile!r}")
         if tile is not None and self.descriptor.tiling == "internal":
             raise UnsupportedError(f"{self.descriptor.name} tiles internally; call sr() without tile=")
         generator = None if seed is None else torch.Generator(self.device).manual_seed(int(seed))

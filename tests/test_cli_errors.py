@@ -40,7 +40,7 @@ BAD_VALUES = {
     "overwrite=maybe": "overwrite=maybe is not valid: overwrite takes true or false (yes/no and 1/0 work too)",
     "recursive=2": "recursive=2 is not valid: recursive takes true or false",
     "progress=sometimes": "progress=sometimes is not valid: progress takes true or false",
-    "tile=abc": "tile=abc is not valid: tile takes a whole number >= 1, or null (whole images)",
+    "tile=abc": "tile=abc is not valid: tile takes a whole number >= 1, auto (the largest that free memory allows), or null",
     "tile=1.5": "tile=1.5 is not valid: tile takes a whole number >= 1",
     "seed=abc": "seed=abc is not valid: seed takes a whole number >= 0, or null (unseeded)",
     "tile_batch=0": "tile_batch=0 is not valid: tile_batch takes a whole number >= 1",

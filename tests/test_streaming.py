@@ -146,8 +146,8 @@ def test_png_rows_must_match_the_header(tmp_path):
     with pytest.raises(InvalidImageError, match="3 of the 4 rows"):
         write_png_rows(tmp_path / "x.png", [np.zeros((3, 5, 3), np.uint8)], width=5, height=4, channels=3)
     assert not list(tmp_path.iterdir()), "a failed write leaves no file, not even a temporary one"
-    with pytest.raises(InvalidImageError, match="do not fit"):
-        PNGRowWriter(open(tmp_path / "y.bin", "wb"), width=5, height=4, channels=3, bits=8).write(np.zeros((1, 6, 3), np.uint8))
+    with open(tmp_path / "y.bin", "wb") as file, pytest.raises(InvalidImageError, match="do not fit"):
+        PNGRowWriter(file, width=5, height=4, channels=3, bits=8).write(np.zeros((1, 6, 3), np.uint8))
 
 
 def run_cli(*args, cwd):
@@ -187,3 +187,65 @@ def test_cli_with_adain_and_a_tile_assembles_in_memory(tmp_path, monkeypatch):
     cli.main(["sr", "input=in.png", "output=wavelet.png", "method=bicubic", "tile=16", "tile_overlap=4", "color_fix=wavelet"])
     assert len(calls) == 1  # wavelet streamed, adain not
     assert Image.open(tmp_path / "adain.png").size == (120, 120)
+
+
+class NeedsSmallTiles(LocalNet):
+    """Runs out of memory on inputs larger than ``limit`` pixels a side, as a model on a small accelerator would."""
+
+    def __init__(self, limit):
+        super().__init__(color_fix="none")
+        self.limit, self.sides = limit, []
+
+    def _sr(self, lr, *, steps, generator, **knobs):
+        self.sides.append(max(lr.shape[-2:]))
+        if max(lr.shape[-2:]) > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super()._sr(lr, steps=steps, generator=generator)
+
+
+def test_auto_tile_halves_after_out_of_memory_until_it_fits(monkeypatch, caplog):
+    from srkit import tiling
+
+    monkeypatch.setattr(tiling, "free_memory", lambda device: 2**40)  # the whole image looks affordable
+    model = NeedsSmallTiles(limit=40)
+    lr = image(100, 90, seed=7)
+    got = model.sr(lr, tile="auto", tile_overlap=8)
+    assert model.sides[0] == 100 and 48 in model.sides  # untiled, then 48 (100 // 2, a multiple of 8), then 24
+    assert "retrying with tile=24" in caplog.text
+    torch.testing.assert_close(got, NeedsSmallTiles(limit=40).sr(lr, tile=24, tile_overlap=8))
+
+
+def test_auto_tile_starts_from_free_memory(monkeypatch):
+    from srkit import tiling
+
+    cpu = torch.device("cpu")
+    per_pixel = 3 * 4 * 16 * tiling.AUTO_TILE_WORKING_FACTOR  # x4: 16 output pixels per LR pixel
+    monkeypatch.setattr(tiling, "free_memory", lambda device: 2 * per_pixel * 100 * 100)
+    assert tiling.auto_tile((1, 3, 100, 100), scale=4, device=cpu) is None
+    tile = tiling.auto_tile((1, 3, 400, 400), scale=4, device=cpu, minimum=16)
+    assert tile == 96  # the largest multiple of 8 whose tile fits: 100 -> 96
+    assert tiling.auto_tile((1, 3, 4000, 4000), scale=4, device=cpu, minimum=128) >= 128
+
+
+def test_auto_tile_gives_up_at_the_smallest_tile_and_passes_other_errors(monkeypatch):
+    from srkit import tiling
+
+    monkeypatch.setattr(tiling, "free_memory", lambda device: 2**40)
+    with pytest.raises(Exception, match=r"out of memory even with tile=16, the smallest tile for this model \(16\)"):
+        NeedsSmallTiles(limit=4).sr(image(64, 64), tile="auto", tile_overlap=8)
+
+    class Broken(LocalNet):
+        def _sr(self, lr, **kwargs):
+            raise RuntimeError("a bug, not memory")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        Broken().sr(image(64, 64), tile="auto")
+    with pytest.raises(Exception, match="tile must be a whole number of LR pixels, 'auto' or None"):
+        LocalNet().sr(image(8, 8), tile="big")
+
+
+def test_cli_tile_auto_writes_the_image(tmp_path):
+    Image.fromarray(np.random.default_rng(8).integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    result = run_cli("input=in.png", "output=out.png", "method=bicubic", "tile=auto", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert Image.open(tmp_path / "out.png").size == (120, 160)
