@@ -201,11 +201,34 @@ def _run_hydra(command: str, argv: Sequence[str]) -> None:
     # Hydra prints its own errors (a bad override, an unknown config) over several lines; with
     # HYDRA_FULL_ERROR it raises them instead, and they become one srkit error line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    sys.argv = [f"srkit {command}", *argv]
+    sys.argv = [f"srkit {command}", *map(_quote_path, argv)]
     try:
         hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)()
     except HydraException as err:
         raise _command_line_error(err) from None
+
+
+# Keys whose values are paths (the last part of a dotted key: data.hr, train.output_dir, ...).
+_PATH_KEYS = {"input", "output", "out", "weights", "hr", "lr", "val_hr", "val_lr", "dataset", "dataset_root", "source",
+              "output_dir", "tables_dir", "guide"}
+_OVERRIDE = re.compile(r"(?P<key>[+~]{0,2}[\w.]+)=(?P<value>.+)", re.DOTALL)
+_PLAIN_VALUE = re.compile(r"[\w./\\+\-~@:]*", re.ASCII)  # what Hydra's grammar takes unquoted in a path
+
+
+def _quote_path(override: str) -> str:
+    """``key=value`` with a path value quoted for Hydra's grammar when it needs it, so paths work as typed: spaces,
+    ``=``, ``,``, brackets and non-ASCII letters (which Hydra rejects unquoted) included. Values already quoted,
+    and values of other keys (a learning rate, a list), are passed unchanged."""
+    match = _OVERRIDE.fullmatch(override)
+    if not match or match["key"].lstrip("+~").rpartition(".")[2] not in _PATH_KEYS:
+        return override
+    value = match["value"]
+    if _PLAIN_VALUE.fullmatch(value) or value[0] in "'\"":
+        return override
+    # In a quoted value, backslashes are literal except before a quote or the closing quote; ${ interpolates.
+    escaped = re.sub(r"(\\*)'", lambda m: 2 * m[1] + "\\'", value)
+    escaped = re.sub(r"(\\+)$", lambda m: 2 * m[1], escaped).replace("${", "\\${")
+    return f"{match['key']}='{escaped}'"
 
 
 def _store_plugin_methods() -> None:

@@ -144,3 +144,12 @@ def test_an_output_srkit_did_not_write_is_not_replaced(tmp_path):
 def test_every_key_of_sr_yaml_has_a_parser():
     config = OmegaConf.load(config_dir() / "sr.yaml")
     assert set(_SR_OPTIONS) == set(config) - {"defaults", "hydra"}
+
+
+@pytest.mark.parametrize("name", ["my photo.png", "a,b=c.png", "фото é.png", "it's [1].png"])
+def test_paths_work_as_typed(tmp_path, name):
+    """Hydra's grammar rejects spaces, '=', ',', quotes, brackets and non-ASCII letters unquoted; srkit quotes paths."""
+    make_png(tmp_path / name)
+    result = srkit_sr(f"input={name}", f"output=out dir/{name}", "method=bicubic", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out dir" / name).is_file()
