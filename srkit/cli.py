@@ -70,6 +70,7 @@ def run_sr(cfg: Any) -> dict[str, list[Path]]:
     from .registry import build_method
 
     options = _sr_options(cfg)
+    _check_against_descriptor(_method_choice(), options)
     jobs, manifest_folder = _sr_jobs(options["input"], options["output"], recursive=options["recursive"],
                                      overwrite=options["overwrite"])
     _prepare_output_folder(manifest_folder or options["output"].parent,
@@ -415,6 +416,20 @@ def _plain(node: Any) -> Any:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(node, resolve=True)
+
+
+def _check_against_descriptor(name: str, options: dict[str, Any]) -> None:
+    """What the method's descriptor rules out (steps, tiles), before its model is built (InvSR's takes minutes)."""
+    from .errors import UnknownNameError
+    from .registry import describe
+
+    try:
+        descriptor = describe(name)
+    except UnknownNameError:  # a method given by _target_ only: its sr() checks these
+        return
+    descriptor.check_steps(options["steps"])
+    if options["tile"] is not None and descriptor.tiling == "internal":
+        raise ConfigError(f"{name} tiles internally; run it without tile=")
 
 
 def _method_choice() -> str:

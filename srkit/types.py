@@ -73,6 +73,16 @@ class MethodDescriptor:
     def supports_dtype(self, dtype: torch.dtype) -> bool:
         return str(dtype).removeprefix("torch.") in self.dtypes
 
+    def check_steps(self, steps: int | None) -> int | None:
+        """``steps`` if the method supports that many, ``None`` when not given; known before the model is built."""
+        if steps is None:
+            return None
+        if self.steps is None:
+            raise UnsupportedError(f"{self.name} is not iterative; call sr() without steps=")
+        if steps not in self.steps:
+            raise UnsupportedError(f"{self.name} supports steps in {list(self.steps)}, got {steps}")
+        return steps
+
     def weight_file(self, role: str) -> WeightFile:
         """The :class:`WeightFile` of ``role`` (a bug in the method when absent: every file it loads is listed here)."""
         for entry in self.weights:
@@ -393,16 +403,7 @@ class SRMethod(nn.Module, ABC):
 
     def _check_steps(self, steps: int | None) -> int | None:
         """``steps`` validated against the descriptor, or ``None`` (not given: the method's sampler decides)."""
-        allowed = self.descriptor.steps
-        if steps is None:
-            return None
-        if allowed is None:
-            raise UnsupportedError(f"{self.descriptor.name} is not iterative; call sr() without steps=")
-        if steps not in allowed:
-            raise UnsupportedError(
-                f"{self.descriptor.name} supports steps in {list(allowed)}, got {steps}"
-            )
-        return steps
+        return self.descriptor.check_steps(steps)
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         """The modules this method trains, by name (empty when nothing is trained)."""

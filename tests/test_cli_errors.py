@@ -153,3 +153,15 @@ def test_paths_work_as_typed(tmp_path, name):
     result = srkit_sr(f"input={name}", f"output=out dir/{name}", "method=bicubic", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out dir" / name).is_file()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("method=invsr", "steps=9"), "invsr supports steps in [1, 2, 3, 4, 5], got 9"),
+    (("method=bicubic", "steps=2"), "bicubic is not iterative; call sr() without steps="),
+])
+def test_steps_the_method_lacks_fail_before_the_model_is_built(tmp_path, args, message):
+    make_png(tmp_path / "photo.png")
+    # weights that do not exist: building the model would fail with another message
+    result = srkit_sr("input=photo.png", "output=out", "weights=/no/such/weights", *args, cwd=tmp_path)
+    assert_one_error_line(result, message)
+    assert files_under(tmp_path) == ["photo.png"]
