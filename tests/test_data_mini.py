@@ -112,3 +112,26 @@ def test_stochastic_degradations_are_seeded(home, tmp_path, monkeypatch, stochas
     monkeypatch.setenv("SRKIT_HOME", str(tmp_path / "other"))
     again = mini_pairs(name, size=256)
     assert all(torch.equal(a.lr, b.lr) for a, b in zip(first, again))
+
+
+def test_mini_train_is_disjoint_from_the_evaluation_photos():
+    from srkit.data.mini import PHOTOS, TRAIN_PHOTOS, mini_hr_folder, mini_train_folder
+
+    assert not {p.name for p in PHOTOS} & {p.name for p in TRAIN_PHOTOS}
+    assert not {p.file for p in PHOTOS} & {p.file for p in TRAIN_PHOTOS}
+    folder = mini_train_folder()
+    assert sorted(path.stem for path in folder.iterdir()) == sorted(p.name for p in TRAIN_PHOTOS)
+    evaluation = mini_hr_folder(256)
+    assert all(path.stem.endswith("_256") for path in evaluation.iterdir())
+    assert {path.stem.rsplit("_", 1)[0] for path in evaluation.iterdir()} == {p.name for p in PHOTOS}
+
+
+def test_mini_train_data_feeds_srkit_train():
+    from torch.utils.data import default_collate
+
+    from srkit.data.mini import mini_train_data
+
+    data = mini_train_data(crop=64, seed=0)
+    batch = default_collate([data[0], data[1]])
+    assert batch["hr"].shape == (2, 3, 64, 64) and batch["lr"].shape == (2, 3, 16, 16)
+    assert data.validation is not None  # srkit-mini's 256-pixel crops
