@@ -193,15 +193,20 @@ def write_image(
             f"{fmt} cannot store an alpha channel; write a .png, .webp or .tif file, or flatten the alpha first"
         )
     samples = to_samples(image, bits, alpha)
+    _prepare_target(path)
+    with atomic_file(path) as file:
+        _encode(file, samples, fmt)
+    return path
+
+
+def _prepare_target(path: Path) -> None:
+    """Check that ``path`` can be written as a file and create its missing parent folders."""
     if path.is_dir():
         raise InvalidImageError(f"{path} is a directory; pass a file name such as {path / 'out.png'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InvalidImageError(f"cannot create the folder {path.parent}: {e.strerror}; choose another output path") from e
-    with atomic_file(path) as file:
-        _encode(file, samples, fmt)
-    return path
 
 
 @contextmanager
@@ -552,10 +557,7 @@ def write_png_rows(
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise InvalidImageError(f"write_png_rows writes PNG files; {path.name!r} has the extension {path.suffix!r}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InvalidImageError(f"cannot create the folder {path.parent}: {e.strerror}; choose another output path") from e
+    _prepare_target(path)
     with atomic_file(path) as file:
         writer = PNGRowWriter(file, width=width, height=height, channels=channels, bits=bits)
         for band in bands:
