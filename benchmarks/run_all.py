@@ -7,6 +7,7 @@ Multi-process: ``torchrun --nproc-per-node 2 benchmarks/run_all.py ...`` or ``ac
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from srkit.errors import SrkitError
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--runs", type=int, default=None, help="cap the seeded runs of stability tables (default: the paper's)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="run_all: %(message)s")  # run_benchmark reports through logging
     try:
         run_benchmark(
             out=args.out, mini=args.mini, dataset_root=args.dataset_root, methods=args.methods, tables=args.tables,

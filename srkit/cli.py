@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
+from . import options as option_parsing
 from .errors import ConfigError, InvalidImageError, SrkitError
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ COMMANDS: dict[str, Command] = {
     "calibrate": Command("calibrate", "fit pg-resshift's guidance scales on LR-HR pairs",
                          "srkit calibrate [data._target_=...] [mode=reference|non-reference] [per_step=false] [output=FILE]"),
     "stability": Command("stability", "G-STD/L-STD of a method's variants over N seeds (CCSR Tables I-III)",
-                         "srkit stability [load.weights=...] [runs=N] [dataset=DIR]"),
+                         "srkit stability [method=NAME] [weights=...] [runs=N] [dataset=DIR]"),
     "list": Command("", "list the available methods and what they support", "srkit list"),
 }
 
@@ -137,26 +138,31 @@ def _demo_task(cfg: Any) -> None:
 def _train_task(cfg: Any) -> None:
     from .train import run_training
 
-    history = run_training(cfg)
-    print(f"srkit train: ran {len(history)} steps; checkpoints in {Path(cfg.train.output_dir).resolve()}")
+    with _console_log("train"):  # the trainer's log records (resume, validation metrics, checkpoints) on the console
+        history = run_training(cfg)
+    print(f"srkit train: ran {len(history)} steps; run folder {Path(cfg.train.output_dir).resolve()}")
 
 
 def _bench_task(cfg: Any) -> None:
     from .metrics.bench import run_bench
 
-    run_bench(cfg)
+    with _console_log("bench"):  # what runs, the metric options, where the tables went; bars over units and images
+        run_bench(cfg)
 
 
 def _calibrate_task(cfg: Any) -> None:
     from .methods.pg_resshift.calibration import run_calibration
 
-    run_calibration(cfg)
+    with _console_log("calibrate"):  # the pairs, then the fitted scales and the file; a bar over the pairs
+        run_calibration(cfg)
 
 
 def _stability_task(cfg: Any) -> None:
     from .metrics.stability_study import run_stability
 
-    run_stability(cfg)
+    with _console_log("stability"):  # the runs to do, unavailable metrics; a bar over the runs
+        run_stability(cfg)
+    print((Path(cfg.out) / "stability.md").read_text(), end="")  # the result table
 
 
 def _convert_task(cfg: Any) -> None:
@@ -301,7 +307,6 @@ def _exit_with_error(command: str, err: SrkitError) -> NoReturn:
 # srkit sr: strict options, output names, the resume manifest
 
 MANIFEST_NAME = "srkit-manifest.json"  # in the output folder: what each result there was made from
-_FLAG_WORDS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 _SR_KNOBS = ("steps", "seed", "tile", "tile_overlap", "tile_batch", "decoder_tile", "color_fix")  # passed to sr()
 # What makes a result: recorded in the manifest, so a result is kept only for the same values. Not the device:
 # devices differ by float rounding only.
@@ -310,63 +315,18 @@ _SETTINGS_KEYS = ("weights", "dtype", *_SR_KNOBS, "bits")
 _SR_COMPOSED_KEYS = ("method", "sampler")
 
 
-class _NotAllowed(Exception):
-    """A value an option does not take; the message says what it takes."""
-
-
-def _flag(value: Any) -> bool:
-    word = str(value).lower() if isinstance(value, (bool, int, str)) else None
-    if word not in _FLAG_WORDS:
-        raise _NotAllowed("true or false (yes/no and 1/0 work too)")
-    return _FLAG_WORDS[word]
-
-
-def _whole(minimum: int, *, null: str | None = None) -> Callable[[Any], int | None]:
-    """A parser of whole numbers >= ``minimum``; ``null`` says what null means where it is allowed."""
-    allowed = f"a whole number >= {minimum}" + (f", or null ({null})" if null else "")
-
-    def parse(value: Any) -> int | None:
-        if value is None and null:
-            return None
-        if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
-            return value
-        raise _NotAllowed(allowed)
-
-    return parse
-
-
-def _text(*, null: str | None = None) -> Callable[[Any], str | None]:
-    """A parser of non-empty text (paths, names); ``null`` says what null means where it is allowed."""
-    allowed = "a non-empty value" + (f", or null ({null})" if null else "")
-
-    def parse(value: Any) -> str | None:
-        if value is None and null:
-            return None
-        if isinstance(value, str) and value.strip():
-            return value
-        raise _NotAllowed(allowed)
-
-    return parse
-
-
-def _path(value: Any) -> Path:
-    if isinstance(value, str) and value.strip():
-        return Path(value)
-    raise _NotAllowed("a file or folder path")
-
-
 def _tile(value: Any) -> int | str | None:
     if value == "auto" or value is None:
         return value
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
-    raise _NotAllowed("a whole number >= 1, auto (the largest that free memory allows), or null (whole images)")
+    raise option_parsing.NotAllowed("a whole number >= 1, auto (the largest that free memory allows), or null (whole images)")
 
 
 def _bits(value: Any) -> int | None:
     if value is None or (value in (8, 16) and not isinstance(value, bool)):
         return value
-    raise _NotAllowed("8 or 16, or null (the bit depth of each input)")
+    raise option_parsing.NotAllowed("8 or 16, or null (the bit depth of each input)")
 
 
 def _color_fix(value: Any) -> str | None:
@@ -377,39 +337,23 @@ def _color_fix(value: Any) -> str | None:
 
 # One parser per key of conf/sr.yaml (tests/test_cli_errors.py checks that they agree).
 _SR_OPTIONS: dict[str, Callable[[Any], Any]] = {
-    "input": _path, "output": _path, "recursive": _flag, "weights": _text(null="the method's default files"),
-    "device": _text(), "dtype": _text(), "steps": _whole(1, null="the method's default"),
-    "seed": _whole(0, null="unseeded"), "tile": _tile, "tile_overlap": _whole(0),
-    "tile_batch": _whole(1), "decoder_tile": _whole(8, null="untiled decoding"), "color_fix": _color_fix,
-    "bits": _bits, "overwrite": _flag, "progress": _flag,
+    "input": option_parsing.path(), "output": option_parsing.path(), "recursive": option_parsing.flag,
+    "weights": option_parsing.text(null="the method's default files"), "device": option_parsing.text(), "dtype": option_parsing.text(),
+    "steps": option_parsing.whole(1, null="the method's default"), "seed": option_parsing.whole(0, null="unseeded"), "tile": _tile,
+    "tile_overlap": option_parsing.whole(0), "tile_batch": option_parsing.whole(1),
+    "decoder_tile": option_parsing.whole(8, null="untiled decoding"), "color_fix": _color_fix, "bits": _bits,
+    "overwrite": option_parsing.flag, "progress": option_parsing.flag,
 }
 
 
 def _sr_options(cfg: Any) -> dict[str, Any]:
     """The options of ``srkit sr``, each checked, or a ConfigError naming the key, its value and what it takes."""
-    known = [*_SR_OPTIONS, *_SR_COMPOSED_KEYS]
-    for key in cfg:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"+{key}={_as_typed(cfg[key])}: srkit sr has no option {key!r}.{hint} "
-                              "(`srkit sr --help` lists the options)")
-    options = {}
-    for key, parse in _SR_OPTIONS.items():
-        try:
-            options[key] = parse(cfg[key])
-        except _NotAllowed as allowed:
-            raise ConfigError(f"{key}={_as_typed(cfg[key])} is not valid: {key} takes {allowed}") from None
+    options = option_parsing.parse_options("sr", cfg, _SR_OPTIONS, _SR_COMPOSED_KEYS)
     if isinstance(options["tile"], int) and options["tile"] < max(2 * options["tile_overlap"], 8):  # known before any model
         raise ConfigError(f"tile={options['tile']} is too small for tile_overlap={options['tile_overlap']}: a tile must be at "
                           f"least 2 x tile_overlap and 8 pixels; pass tile={max(2 * options['tile_overlap'], 8)} or more, "
                           "or a smaller tile_overlap")
     return options
-
-
-def _as_typed(value: Any) -> str:
-    """A config value as it is written on the command line."""
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _plain(node: Any) -> Any:

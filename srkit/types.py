@@ -431,7 +431,9 @@ class SRMethod(nn.Module, ABC):
     def losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Training losses for one batch; the trainer sums them. Methods that train override this.
 
-        ``batch["step"]`` (a 0-d long tensor) carries the global step, e.g. for a delayed GAN start.
+        ``batch["step"]`` (a 0-d long tensor) carries the global step; ``batch["gan_factor"]`` (a 0-d float tensor,
+        :func:`srkit.losses.gan.gan_factor`) the factor of the generator's GAN term from the trainer's GAN schedule
+        (0 before its start): a method multiplies its GAN term by it rather than keeping a start of its own.
         """
         raise UnsupportedError(f"{self.descriptor.name} has nothing to train")
 

@@ -76,9 +76,7 @@ def test_harness_writes_tables_with_measured_values_and_reasons(tables_dir, tmp_
 
     monkeypatch.setattr(iqa, "_pyiqa_metric", unavailable)
     out = tmp_path / "out"
-    record = run_benchmark(
-        out=out, datasets={"realsr": samples()}, methods=["bicubic"], tables_dir=str(tables_dir), log=lambda *a: None
-    )
+    record = run_benchmark(out=out, datasets={"realsr": samples()}, methods=["bicubic"], tables_dir=str(tables_dir))
     assert sorted(p.name for p in out.iterdir()) == ["grid_realsr.png", "images", "results.json", "tiny.csv", "tiny.md"]
     rows = record["tables"][0]["rows"]
     cells = {c["column"]: c for c in rows[0]["cells"]}
@@ -100,13 +98,13 @@ def test_harness_writes_tables_with_measured_values_and_reasons(tables_dir, tmp_
 
 def test_unknown_method_is_a_config_error(tables_dir, tmp_path):
     with pytest.raises(ConfigError, match="unknown methods"):
-        run_benchmark(out=tmp_path, datasets={}, methods=["bicubik"], tables_dir=str(tables_dir), log=lambda *a: None)
+        run_benchmark(out=tmp_path, datasets={}, methods=["bicubik"], tables_dir=str(tables_dir))
 
 
 def test_methods_that_fail_to_load_are_na_with_the_reason(tables_dir, tmp_path):
     # realesrgan with a weights file that does not exist: every cell of its rows says why
     record = run_benchmark(out=tmp_path, datasets={"realsr": samples(1)}, methods=["realesrgan"], tables_dir=str(tables_dir),
-                           weights=str(tmp_path / "missing.pth"), log=lambda *a: None)
+                           weights=str(tmp_path / "missing.pth"))
     extra = [r for r in record["tables"][0]["rows"] if r["label"] == "realesrgan (srkit)"]
     assert extra and all(c["measured"] is None and "missing.pth" in c["reason"] for c in extra[0]["cells"])
     bicubic = record["tables"][0]["rows"][0]
@@ -172,13 +170,13 @@ def test_dataset_root_folders_and_lr_only_sets(tables_dir, tmp_path):
         write_image(tmp_path / "data" / "RealSR" / "LR" / f"{s.name}.png", s.lr)
         write_image(tmp_path / "data" / "RealSet80" / "LR" / f"{s.name}.png", s.lr)
     record = run_benchmark(out=tmp_path / "out", dataset_root=str(tmp_path / "data"), methods=["bicubic"],
-                           tables_dir=str(tables_dir), log=lambda *a: None)
+                           tables_dir=str(tables_dir))
     realsr, _, realset80 = record["tables"][0]["rows"]
     assert 15 < realsr["cells"][0]["measured"] < 60
     assert realset80["cells"][0]["measured"] is None and "no HR" in realset80["cells"][0]["reason"]
     assert (tmp_path / "out" / "grid_realset80.png").is_file()
     missing = run_benchmark(out=tmp_path / "out2", dataset_root=str(tmp_path / "nowhere"), methods=["bicubic"],
-                            tables_dir=str(tables_dir), log=lambda *a: None)
+                            tables_dir=str(tables_dir))
     assert "does not exist" in missing["tables"][0]["rows"][0]["cells"][0]["reason"]
 
 
@@ -197,3 +195,64 @@ def test_autoencoder_tiling_seam_metric_flags_a_seam():
     on_seams, elsewhere = module.seam_metrics(tiled, full, [16], downscale)
     assert on_seams == pytest.approx(0.05, abs=1e-6) and elsewhere < 1e-6
     assert module.seam_metrics(full, full, [16], downscale) == (0.0, 0.0)
+
+
+class CountingRegressor(srkit.SRMethod):
+    """A regressor (no sampling steps) that counts its builds and the images it super-resolves."""
+
+    descriptor = srkit.MethodDescriptor(name="counting-regressor", title="-", paper="-", scale=4)
+    builds, images = 0, 0
+
+    def __init__(self):
+        super().__init__(4)
+        type(self).builds += 1
+
+    def _sr(self, lr, *, steps, generator, **knobs):
+        type(self).images += lr.shape[0]
+        return torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic").clamp(0, 1)
+
+
+class CountingSampler(CountingRegressor):
+    """A sampling method: its output depends on the seed."""
+
+    descriptor = srkit.MethodDescriptor(name="counting-sampler", title="-", paper="-", scale=4, steps=(1,), default_steps=1)
+    builds, images = 0, 0
+
+    def _sr(self, lr, *, steps, generator, **knobs):
+        noise = 0.05 * torch.randn(lr.shape, generator=generator, device=lr.device)
+        return super()._sr(lr + noise, steps=steps, generator=generator).clamp(0, 1)
+
+
+TWO_TABLES = {  # the same rows with one seed and with three: one unit per method, not one per table
+    "single": ([0], ["psnr"]),
+    "stability": ([0, 1, 2], ["psnr", "psnr_gstd", "l_std"]),
+}
+
+
+def test_each_image_is_super_resolved_once_per_method_and_seed(tmp_path, monkeypatch, capsys):
+    from srkit.registry import METHODS, Entry
+
+    for method in (CountingRegressor, CountingSampler):
+        name = method.descriptor.name
+        monkeypatch.setitem(METHODS._entries, name, Entry("method", name, method, method.descriptor))
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    for table, (seeds, columns) in TWO_TABLES.items():
+        rows = [{"dataset": "realsr", "label": m, "method": m, "paper": [None] * len(columns)}
+                for m in ("counting-regressor", "counting-sampler")]
+        spec = {"paper": "P", "table": "T", "title": "t", "protocol": {"scale": 4, "crop_border": 4}, "metrics": columns,
+                "seeds": seeds, "rows": rows}
+        (folder / f"{table}.yaml").write_text(json.dumps(spec))  # JSON is YAML
+    record = run_benchmark(out=tmp_path / "out", datasets={"realsr": samples(3)}, tables_dir=str(folder),
+                           methods=["counting-regressor", "counting-sampler"])
+    assert (CountingRegressor.builds, CountingSampler.builds) == (1, 1)  # each model built once
+    assert CountingRegressor.images == 3  # once per image: a regressor's seed changes nothing
+    assert CountingSampler.images == 3 * 3  # once per image and seed of the union {0, 1, 2}
+    cells = {(t["id"], r["method"]): {c["column"]: c["measured"] for c in r["cells"]} for t in record["tables"] for r in t["rows"]}
+    assert cells["stability", "counting-regressor"]["psnr_gstd"] == 0 and cells["stability", "counting-regressor"]["l_std"] == 0
+    assert cells["stability", "counting-sampler"]["psnr_gstd"] > 0 and cells["stability", "counting-sampler"]["l_std"] > 0
+    # each table averages its own seeds: seed 0 alone differs from the mean over seeds 0-2
+    assert cells["single", "counting-regressor"]["psnr"] == pytest.approx(cells["stability", "counting-regressor"]["psnr"])
+    assert cells["single", "counting-sampler"]["psnr"] != pytest.approx(cells["stability", "counting-sampler"]["psnr"])
+    progress = capsys.readouterr().err
+    assert "bench: 100%" in progress and "2/2" in progress  # the bar over the two units

@@ -200,18 +200,25 @@ def test_stability_study_matches_direct_computation(model):
     assert results[0].l_std == pytest.approx(float(cropped.std(0, correction=0).mean((1, 2, 3)).mean()), rel=1e-5)
 
 
-def test_stability_command_writes_json_and_markdown(tmp_path):
+def test_stability_command_writes_json_and_markdown(tmp_path, monkeypatch):
+    from srkit.metrics import iqa
+
+    def unavailable(name, device):
+        raise iqa.MetricUnavailable(f"no {name} here")
+
+    monkeypatch.setattr(iqa, "_pyiqa_metric", unavailable)
     root = tmp_path / "data"
     for i in range(2):
         hr = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i))
         write_image(root / "HR" / f"{i}.png", hr)
         write_image(root / "LR" / f"{i}.png", F.avg_pool2d(hr[None], 4)[0])
     cfg = OmegaConf.load(srkit.registry.config_dir() / "stability.yaml")
-    cfg.merge_with({"load": {"weights": "synthetic", "backend_config": TINY}, "runs": 2, "metrics": ["psnr", "ssim", "no_such"],
+    method = {**srkit.registry.METHODS.get("ccsr").default_config(), "backend_config": TINY}  # what method=ccsr composes
+    cfg.merge_with({"method": method, "weights": "synthetic", "runs": 2, "metrics": ["psnr", "ssim", "musiq"],
                     "dataset": str(root), "out": str(tmp_path / "out"), "device": "cpu"})
     report = run_stability(cfg)
     saved = json.loads((tmp_path / "out" / "stability.json").read_text())
-    assert saved["images"] == 2 and saved["seeds"] == [0, 1] and "no_such" in saved["unavailable"]
+    assert saved["images"] == 2 and saved["seeds"] == [0, 1] and saved["unavailable"] == {"musiq": "no musiq here"}
     assert [r["label"] for r in saved["results"]] == [v["label"] for v in report["results"]] == [
         "CCSR-S2 (non-uniform)", "CCSR-S1 (one step)", "DDPM-S2 (uniform)"]
     table = (tmp_path / "out" / "stability.md").read_text()

@@ -235,7 +235,7 @@ def test_training_the_noise_predictor_through_the_trainer_lowers_the_loss(tmp_pa
     before = fixed_noise_loss()
     unet_before = {k: v.clone() for k, v in model.unet.state_dict().items()}
     trainer = Trainer(model, data, output_dir=tmp_path, max_steps=6, batch_size=1, lr=1e-3, progress=False,
-                      cpu=True, disc_alternate=True, disc_lr=1e-4)
+                      cpu=True, gan={"alternate": True}, disc_lr=1e-4)
     history = trainer.fit()
     optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert optimized == {id(p) for p in model.noise_predictor.parameters()}

@@ -154,12 +154,12 @@ def test_kill_and_resume_is_bitwise_identical(tmp_path):
 
 def test_generator_discriminator_alternation(tmp_path):
     method = TinyGAN()
-    trainer = tiny_trainer(tmp_path, method, max_steps=6, disc_start=2, disc_alternate=True)
+    trainer = tiny_trainer(tmp_path, method, max_steps=6, gan={"disc_start": 2, "alternate": True})
     history = trainer.fit()
     updated = [("loss" in h, "disc/loss" in h) for h in history]
-    # before disc_start: generator only; then even steps discriminator only, odd steps generator only
-    assert updated == [(True, False), (True, False), (False, True), (True, False), (False, True), (True, False)]
-    both = tiny_trainer(tmp_path / "both", TinyGAN(), max_steps=3, disc_start=1).fit()
+    # even steps are the discriminator's (none before disc_start, as LPNSR's official loop), odd steps the generator's
+    assert updated == [(False, False), (True, False), (False, True), (True, False), (False, True), (True, False)]
+    both = tiny_trainer(tmp_path / "both", TinyGAN(), max_steps=3, gan={"disc_start": 1}).fit()
     assert [("loss" in h, "disc/loss" in h) for h in both] == [(True, False), (True, True), (True, True)]
     assert both[0]["gan"] == 0.0 and both[2]["gan"] != 0.0  # adopt_weight: delayed GAN term
     assert not any(p.requires_grad is False for p in method.disc.parameters())
@@ -226,7 +226,8 @@ def test_run_training_from_the_hydra_config(tmp_path, monkeypatch):
         cfg = compose("train", overrides=overrides)
     assert cfg.train.lr == 5e-5 and cfg.resume is True
     # conf/train/default.yaml mirrors the constructor: every keyword argument, nothing else
-    assert set(cfg.train) - {"_target_"} == set(inspect.signature(Trainer).parameters) - {"method", "dataset"}
+    given = {"method", "dataset", "validation"}  # by srkit train, from the method and data configs
+    assert set(cfg.train) - {"_target_"} == set(inspect.signature(Trainer).parameters) - given
     history = run_training(cfg)
     assert len(history) == 3 and (tmp_path / "checkpoint-00000003").is_dir()
     assert run_training(cfg) == []  # resumed at the end: nothing left to do

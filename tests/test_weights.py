@@ -43,7 +43,7 @@ def test_safetensors_and_errors(tmp_path, state):
     with pytest.raises(ConfigError, match="no state dict found"):
         load_checkpoint(tmp_path / "opt.pth")
     (tmp_path / "junk.pth").write_bytes(b"garbage")
-    with pytest.raises(ConfigError, match="weights_only"):
+    with pytest.raises(ConfigError, match=r"junk\.pth is corrupt: it is not a PyTorch checkpoint; download"):
         load_checkpoint(tmp_path / "junk.pth")
 
 
@@ -54,8 +54,9 @@ class Evil:
 
 def test_code_in_pickles_is_refused(tmp_path, state, capsys):
     torch.save({"state_dict": state, "hook": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(ConfigError, match="never unpickles code"):
+    with pytest.raises(ConfigError, match="is not a plain state dict: it holds the Python object print") as info:
         load_checkpoint(tmp_path / "evil.pth")
+    assert "never unpickles" in str(info.value) and "weights_only" not in str(info.value)
     assert "unpickled code ran" not in capsys.readouterr().out
 
 

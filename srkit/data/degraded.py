@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InvalidImageError
 from ..io import read_image
 from ..types import Degradation
 from .paired import readable_images
@@ -59,8 +59,10 @@ class DegradedFolder(Dataset[dict[str, Any]]):
     scale. Item ``i`` of epoch ``e`` (:meth:`use_epoch`, which the trainer calls) is deterministic and
     fresh every epoch: crop, flip and degradation draw from :func:`item_generator` ``(seed, i, epoch=e)``,
     as the papers degrade anew every iteration. Files that cannot be read are skipped (and counted in
-    ``skipped``) when the dataset is built.
+    ``skipped``) when the dataset is built; ``exclude``: names (file names without extension) left out (a validation split).
     """
+
+    validation: Dataset | None = None  # the held-out pairs `srkit train` validates on (set by srkit.data.image_folders)
 
     def __init__(
         self,
@@ -70,9 +72,14 @@ class DegradedFolder(Dataset[dict[str, Any]]):
         crop: int | None = None,
         random_crop: bool = False,
         flip: bool = False,
+        exclude: Collection[str] = (),
     ):
         self.hr_dir = Path(hr_dir)
-        self.paths, self.skipped = readable_images(self.hr_dir)
+        readable, self.skipped = readable_images(self.hr_dir)
+        self.paths = [path for path in readable if path.stem not in exclude]
+        if not self.paths:
+            raise InvalidImageError(f"all {len(readable)} images of {self.hr_dir} are held out for validation; "
+                                    "hold out fewer (data.val_images) or add images")
         self.degradation = make_degradation(degradation)
         self.seed, self.crop, self.random_crop, self.flip = int(seed), crop, bool(random_crop), bool(flip)
         self.epoch = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,24 +15,29 @@ from torch.utils.data import Dataset
 from ..errors import InvalidImageError
 from ..io import list_images, read_image
 
-__all__ = ["Pair", "PairedFolder", "readable_images"]
+__all__ = ["Pair", "PairedFolder", "is_readable_image", "readable_images"]
 
 log = logging.getLogger(__name__)
 
 
-def readable_images(folder: Path) -> tuple[list[Path], list[Path]]:
-    """The images of ``folder`` that open as images, and the files skipped (logged); an empty folder is an error."""
+def is_readable_image(path: Path) -> bool:
+    """Whether ``path`` opens as an image (PIL's ``verify``); a file that does not is logged as skipped."""
     from PIL import Image, UnidentifiedImageError
 
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, UnidentifiedImageError, SyntaxError) as err:
+        log.warning("skipping %s: not a readable image (%s)", path, err)
+        return False
+    return True
+
+
+def readable_images(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The images of ``folder`` that open as images, and the files skipped (logged); an empty folder is an error."""
     readable, skipped = [], []
     for path in list_images(folder):
-        try:
-            with Image.open(path) as image:
-                image.verify()
-            readable.append(path)
-        except (OSError, UnidentifiedImageError, SyntaxError) as err:
-            log.warning("skipping %s: not a readable image (%s)", path, err)
-            skipped.append(path)
+        (readable if is_readable_image(path) else skipped).append(path)
     if not readable:
         raise InvalidImageError(f"{folder} holds no readable image ({len(skipped)} unreadable files); "
                                 "pass a folder of PNG/JPEG/WebP/BMP/TIFF images")
@@ -54,11 +60,13 @@ class PairedFolder(Dataset[dict[str, Any]]):
     Every HR must be exactly ``scale`` times its LR; unmatched names and size mismatches are
     reported when the dataset is built (names) or when an item is read (sizes). For training, ``crop``
     (HR pixels) takes an aligned random crop of both and ``flip`` a random flip and rotation, drawn from
-    ``(seed, index, epoch)`` (:meth:`use_epoch`).
+    ``(seed, index, epoch)`` (:meth:`use_epoch`). ``exclude``: names left out (a validation split).
     """
 
+    validation: Dataset | None = None  # the held-out pairs `srkit train` validates on (set by srkit.data.image_folders)
+
     def __init__(self, hr_dir: str | os.PathLike[str], lr_dir: str | os.PathLike[str], scale: int = 4,
-                 crop: int | None = None, flip: bool = False, seed: int = 0):
+                 crop: int | None = None, flip: bool = False, seed: int = 0, exclude: Collection[str] = ()):
         if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
             raise InvalidImageError(f"scale must be a positive integer, got {scale!r}")
         self.hr_dir, self.lr_dir, self.scale = Path(hr_dir), Path(lr_dir), scale
@@ -73,7 +81,10 @@ class PairedFolder(Dataset[dict[str, Any]]):
                 f"({', '.join(only_lr[:5])}{', ...' if len(only_lr) > 5 else ''}); rename the files so that each HR "
                 "has an LR with the same name (the extension may differ)"
             )
-        self.items = [(name, hr[name], lr[name]) for name in sorted(hr)]
+        self.items = [(name, hr[name], lr[name]) for name in sorted(hr) if name not in exclude]
+        if not self.items:
+            raise InvalidImageError(f"all {len(hr)} pairs of {self.hr_dir} are held out for validation; "
+                                    "hold out fewer (data.val_images) or add images")
 
     @staticmethod
     def _by_name(folder: Path) -> dict[str, Path]:

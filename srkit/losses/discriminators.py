@@ -3,8 +3,8 @@
 * :class:`PatchGANDiscriminator` -- LPNSR v2: a spectrally normalised PatchGAN on ResShift latents
   (ndf 64, 3 layers, 3 input channels; facts/resshift-lpnsr.md).
 * :class:`UNetDiscriminator` -- InvSR Sec. 3.3: a diffusion-UNet discriminator with a multi-in,
-  multi-out design (DMD2): it reads a (noisy) latent and its timestep and returns one logit map
-  per decoder resolution.
+  multi-out design (DMD2): it reads a latent, its timestep and (``cross_attention_dim``) the prompt
+  embedding, and returns one logit map per decoder resolution.
 * :class:`ControlNetDiscriminator` -- DM-SR Eq. (4)-(5) and Appendix A.1: a ControlNet with the
   channels reduced to [64, 128, 256, 256], conditioned on the LR image, followed by pooling and a
   linear layer giving one logit per sample.
@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -50,10 +51,17 @@ class PatchGANDiscriminator(nn.Module):
 
 
 class UNetDiscriminator(nn.Module):
-    """A diffusion UNet (diffusers ``UNet2DModel``) with a logit head at every decoder resolution.
+    """A diffusion UNet (diffusers ``UNet2DModel``, or ``UNet2DConditionModel`` when conditioned on a prompt) with a
+    logit head at every decoder resolution.
 
-    Multi-in: the latent ``x`` and its diffusion ``timestep`` (the discriminator sees noisy inputs).
-    Multi-out: logits from the mid block and every up block, coarse to fine; the last one is the
+    Multi-in: the latent ``x``, its diffusion ``timestep`` and, with ``cross_attention_dim`` (the prompt embedding's
+    width), the prompt embedding ``encoder_hidden_states`` (B or 1, tokens, dim). Conditioned, it follows InvSR's
+    official ``UNet2DConditionDiscriminator`` (``configs/sd-turbo-sr-ldis.yaml``): a plain first down block, cross
+    attention in the others and in the mid block (up blocks mirrored), and the prompt also pooled into the timestep
+    embedding (diffusers' ``addition_embed_type="text"``; ``text_embed_heads`` pooling heads, default gcd(64, dim):
+    64 for SD-Turbo's 1024). ``attention_head_dim``: heads per level (default 8 at the first level, 16 after,
+    official). Unlike the official network, the input is not re-injected at every down level and each head is one
+    GroupNorm-SiLU-conv. Multi-out: logits from the mid block and every up block, coarse to fine; the last one is the
     UNet's own full-resolution output.
     """
 
@@ -63,16 +71,34 @@ class UNetDiscriminator(nn.Module):
         block_out_channels: Sequence[int] = (128, 256, 512),
         layers_per_block: int = 1,
         norm_num_groups: int = 32,
+        cross_attention_dim: int | None = None,
+        attention_head_dim: int | Sequence[int] | None = None,
+        text_embed_heads: int | None = None,
     ):
         super().__init__()
-        from diffusers import UNet2DModel
+        from diffusers import UNet2DConditionModel, UNet2DModel
 
         levels = len(block_out_channels)
-        self.unet = UNet2DModel(
-            in_channels=in_channels, out_channels=1, block_out_channels=tuple(block_out_channels),
-            down_block_types=("DownBlock2D",) * levels, up_block_types=("UpBlock2D",) * levels,
-            layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
-        )
+        self.cross_attention_dim = cross_attention_dim
+        if cross_attention_dim is None:
+            self.unet = UNet2DModel(
+                in_channels=in_channels, out_channels=1, block_out_channels=tuple(block_out_channels),
+                down_block_types=("DownBlock2D",) * levels, up_block_types=("UpBlock2D",) * levels,
+                layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
+            )
+        else:
+            heads = attention_head_dim if attention_head_dim is not None else (8, *(16,) * (levels - 1))
+            self.unet = UNet2DConditionModel(
+                in_channels=in_channels, out_channels=1, block_out_channels=tuple(block_out_channels),
+                down_block_types=("DownBlock2D", *("CrossAttnDownBlock2D",) * (levels - 1)),
+                mid_block_type="UNetMidBlock2DCrossAttn",
+                up_block_types=(*("CrossAttnUpBlock2D",) * (levels - 1), "UpBlock2D"),
+                layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
+                cross_attention_dim=int(cross_attention_dim),
+                attention_head_dim=heads if isinstance(heads, int) else tuple(heads),
+                addition_embed_type="text",
+                addition_embed_type_num_heads=text_embed_heads or math.gcd(64, int(cross_attention_dim)),
+            )
         reversed_channels = [block_out_channels[-1], *reversed(block_out_channels)][:levels]
 
         def head(channels: int) -> nn.Module:
@@ -87,9 +113,23 @@ class UNetDiscriminator(nn.Module):
     def _keep(self, module: nn.Module, inputs: object, output: Tensor) -> None:
         self._features.append(output)
 
-    def forward(self, x: Tensor, timestep: Tensor | int = 0) -> list[Tensor]:
+    @property
+    def conditional(self) -> bool:
+        """Whether the discriminator reads a prompt embedding (built with ``cross_attention_dim``)."""
+        return self.cross_attention_dim is not None
+
+    def forward(self, x: Tensor, timestep: Tensor | int = 0, encoder_hidden_states: Tensor | None = None) -> list[Tensor]:
         self._features = []
-        final = self.unet(x, timestep).sample
+        if self.conditional:
+            if encoder_hidden_states is None:
+                raise ConfigError("this UNetDiscriminator is conditioned on a prompt (cross_attention_dim): pass "
+                                  "encoder_hidden_states, the prompt embedding")
+            context = encoder_hidden_states.to(x.dtype).expand(x.shape[0], -1, -1)
+            final = self.unet(x, timestep, encoder_hidden_states=context).sample
+        else:
+            if encoder_hidden_states is not None:
+                raise ConfigError("this UNetDiscriminator has no prompt conditioning: build it with cross_attention_dim")
+            final = self.unet(x, timestep).sample
         features, self._features = self._features, []
         return [h(f) for h, f in zip(self.heads, features)] + [final]
 

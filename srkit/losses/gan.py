@@ -6,7 +6,7 @@ Discriminator outputs are logits; a discriminator may return one tensor or a lis
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -18,7 +18,10 @@ from ..errors import ConfigError
 GanKind = Literal["hinge", "vanilla"]
 Logits = Tensor | Sequence[Tensor]
 
-__all__ = ["GanKind", "adaptive_weight", "adopt_weight", "discriminator_loss", "generator_loss"]
+__all__ = ["GAN_FACTOR", "GanKind", "adaptive_weight", "adopt_weight", "discriminator_loss", "gan_factor", "generator_loss"]
+
+# The batch key under which the trainer passes the generator's GAN factor of the step (srkit.train.GanSchedule).
+GAN_FACTOR = "gan_factor"
 
 
 def _outputs(logits: Logits) -> list[Tensor]:
@@ -73,3 +76,10 @@ def adaptive_weight(nll_loss: Tensor, g_loss: Tensor, last_layer: Tensor, *, max
 def adopt_weight(weight: float, step: int, start: int, value: float = 0.0) -> float:
     """The delayed start of the GAN terms: ``value`` before step ``start``, ``weight`` from then on."""
     return value if step < start else weight
+
+
+def gan_factor(batch: Mapping[str, object]) -> float:
+    """The factor of the generator's GAN term for ``batch``: ``batch["gan_factor"]``, which the trainer sets from its
+    :class:`~srkit.train.GanSchedule` (0 before the generator's GAN start, 1 after); 1 for a batch without it."""
+    value = batch.get(GAN_FACTOR)
+    return 1.0 if value is None else float(value)  # type: ignore[arg-type]

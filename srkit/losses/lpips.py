@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, WeightsNotFoundError, import_optional
 from ..weights import SYNTHETIC, load_state_dict, synthetic_state_dict, synthetic_tensor
 
-__all__ = ["BACKBONE_FILES", "LATENT_LPIPS_FILE", "LatentLPIPS", "PixelLPIPS", "lpips_distance"]
+__all__ = ["BACKBONE_FILES", "LATENT_LPIPS_FILE", "LatentLPIPS", "PixelLPIPS", "backbone_file", "lpips_distance"]
 
 BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
 LATENT_LPIPS_FILE = "vgg16_sdturbo_lpips.pth"
@@ -50,6 +50,11 @@ def _vgg16_features(in_channels: int) -> list[nn.Module]:
             width = channels
         layers.append(nn.MaxPool2d(2, 2))
     return layers
+
+
+def backbone_file(net: Literal["vgg", "alex"]) -> Path:
+    """Where :class:`PixelLPIPS` looks for torchvision's ``net`` backbone file when given none: the torch hub cache."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / BACKBONE_FILES[net]
 
 
 def _normalize(f: Tensor, eps: float = 1e-10) -> Tensor:
@@ -96,7 +101,7 @@ class PixelLPIPS(nn.Module):
             state = {k: synthetic_tensor(k, p.shape, p.dtype) for k, p in expected.items()}
         else:
             filename = BACKBONE_FILES[self.net_name]
-            path = Path(spec).expanduser() if spec is not None else Path(torch.hub.get_dir()) / "checkpoints" / filename
+            path = Path(spec).expanduser() if spec is not None else backbone_file(self.net_name)
             if not path.is_file():
                 raise WeightsNotFoundError(
                     f"LPIPS-{self.net_name} backbone: cannot find torchvision's {filename}; looked at {path}. "

@@ -6,17 +6,24 @@ A *table spec* (``benchmarks/tables/<id>.yaml``) transcribes one table of a pape
 every row it can -- methods that load with their real weights, datasets that are present,
 metrics whose models are available -- and writes, per table, Markdown and CSV with the measured
 value beside the paper's, a PNG grid of crops per dataset and ``results.json`` with everything.
-What cannot be measured is ``n/a`` with the reason. Work is de-duplicated across tables (one
-run per method x settings x dataset x seeds) and sharded over processes by image when launched
-with ``torchrun`` / ``accelerate launch`` (per-image values are gathered, so the result equals a
-single-process run).
+What cannot be measured is ``n/a`` with the reason. Work is sharded over processes by image when
+launched with ``torchrun`` / ``accelerate launch`` (per-image values are gathered, so the result
+equals a single-process run).
+
+Nothing is computed twice: a unit is a method with its settings on a dataset, shared by the tables
+that have the row and run once for the union of their seeds (each table then averages its own); a
+method that does not sample (``descriptor.steps`` is None: a regressor such as Real-ESRGAN)
+super-resolves each image once, whatever the seeds; and each model is built once. Progress is a bar
+over the units and one over the images of each; messages go to the ``srkit.metrics.bench`` logger.
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -41,6 +48,8 @@ DATASET_FOLDERS = {
 }
 MINI = "srkit-mini"
 GRID_IMAGES, GRID_CROP = 3, 128
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -192,13 +201,13 @@ def init_distributed() -> tuple[Dist, str]:
 
 @dataclass(frozen=True)
 class Unit:
-    """One measurement: a method with its settings on one dataset over seeds (shared by tables)."""
+    """One measurement: a method with its settings on one dataset, shared by every table that has the row (their
+    seeds differ: the :class:`Work` of the unit holds them all)."""
 
     method: str
     load: str  # JSON of the constructor overrides
     sr: str  # JSON of the sr() knobs
     dataset: str
-    seeds: tuple[int, ...]
 
     @property
     def slug(self) -> str:
@@ -208,11 +217,22 @@ class Unit:
 
 
 @dataclass
-class Measured:
-    """Per-image metric values of a unit (image -> metric -> one value per seed), or why it failed."""
+class Work:
+    """What one unit computes for all the tables that need it: every seed any of them runs, every metric key, and
+    the L-STD of each stability table (its crop border and seeds)."""
 
-    values: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    l_std: dict[str, float] = field(default_factory=dict)
+    seeds: set[int] = field(default_factory=set)
+    keys: set[str] = field(default_factory=set)
+    stability: set[tuple[int, tuple[int, ...]]] = field(default_factory=set)
+
+
+@dataclass
+class Measured:
+    """Per-image metric values of a unit (image -> metric -> seed -> value) and L-STDs ((crop border, seeds) ->
+    image -> value), or why it failed."""
+
+    values: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)
+    l_std: dict[tuple[int, tuple[int, ...]], dict[str, float]] = field(default_factory=dict)
     seconds: list[float] = field(default_factory=list)
     params_m: float | None = None
     reasons: dict[str, str] = field(default_factory=dict)  # metric key -> why n/a
@@ -251,75 +271,115 @@ def sample_knobs(knobs: dict[str, Any], sample: Sample) -> dict[str, Any]:
     return {**knobs, "guide": image[None]}
 
 
+class ModelCache:
+    """The model of the last (method, load overrides) asked for: the plan runs the units of one model one after the
+    other, so each model is built once per run and one is held at a time. A model that fails to build is remembered
+    as its error, for every unit of it."""
+
+    def __init__(self, *, device: str, weights: str | None):
+        self.device, self.weights = device, weights
+        self.key: tuple[str, str] | None = None
+        self.model: Any = None
+        self.error: str | None = None
+
+    def get(self, unit: Unit) -> tuple[Any, str | None]:
+        """(model, None), or (None, why it cannot be built)."""
+        from .. import load
+
+        if self.key != (unit.method, unit.load):
+            self.key, self.model, self.error = (unit.method, unit.load), None, None
+            try:
+                self.model = load(unit.method, weights=self.weights, device=self.device, **json.loads(unit.load))
+            except SrkitError as err:
+                self.error = f"{type(err).__name__}: {err}"
+            except Exception as err:  # a plugin failing to build must not stop the other rows
+                self.error = f"{unit.method} failed to load: {type(err).__name__}: {err}"
+        return self.model, self.error
+
+
 def measure_unit(
-    unit: Unit, samples: Sequence[Sample], keys: Sequence[str], *, metrics: MetricCache, device: str, weights: str | None,
-    image_dir: Path, dist: Dist, stability: bool, crop_border: int,
+    unit: Unit, work: Work, samples: Sequence[Sample], *, models: ModelCache, metrics: MetricCache, image_dir: Path,
+    dist: Dist, progress: bool = False,
 ) -> Measured:
-    """Run one unit on this process's share of ``samples``; per-image values of the metric ``keys``."""
-    from .. import load
+    """Run one unit on this process's share of ``samples`` with every seed of ``work``; per-image values of its metric
+    keys and its L-STDs. A method that does not sample (``descriptor.steps`` is None) runs each image once: its
+    output is the same for every seed."""
+    from tqdm.auto import tqdm
+
     from ..io import write_image
 
     result = Measured()
-    try:
-        model = load(unit.method, weights=weights, device=device, **json.loads(unit.load))
-    except SrkitError as err:
-        result.error = f"{type(err).__name__}: {err}"
-        return result
-    except Exception as err:  # a plugin failing to build must not stop the other rows
-        result.error = f"{unit.method} failed to load: {type(err).__name__}: {err}"
+    model, result.error = models.get(unit)
+    if model is None:
         return result
     result.params_m = sum(p.numel() for p in model.parameters()) / 1e6
     knobs = json.loads(unit.sr)
-    for index in range(dist.rank, len(samples), dist.world):
+    seeds = sorted(work.seeds)
+    seed_free = model.descriptor.steps is None
+    keys = sorted(work.keys)
+    mine = range(dist.rank, len(samples), dist.world)
+    for index in tqdm(mine, desc=f"{unit.method} on {unit.dataset}", unit="image", leave=False, disable=not progress):
         sample = samples[index]
-        local = LocalStd()
-        per_metric: dict[str, list[float]] = {}
-        previous: Tensor | None = None
-        for seed in unit.seeds:
-            start = time.perf_counter()
-            try:
-                out = model.sr(sample.lr[None], seed=seed, **sample_knobs(knobs, sample))
-            except SrkitError as err:
-                result.error = f"{type(err).__name__}: {err}"
-                return result
-            except TypeError as err:  # a knob the method does not take
-                result.error = f"{unit.method}.sr() rejected {knobs}: {err}"
-                return result
-            result.seconds.append(time.perf_counter() - start)
-            out = out.float().cpu()
-            if seed == unit.seeds[0]:
-                write_image(image_dir / unit.dataset / unit.slug / f"{sample.name}.png", out[0])
-            if stability:
-                c = crop_border
-                local.update(out[0, :, c : out.shape[-2] - c, c : out.shape[-1] - c])
-            if previous is not None and torch.equal(out, previous):  # a deterministic method: same values again
-                for values in per_metric.values():
-                    values.append(values[-1])
-                continue
-            previous = out
-            for key in keys:
-                metric = metrics.get(key)
-                if isinstance(metric, str):
-                    result.reasons[key] = metric
-                    continue
-                if metric.mode == "dataset":
-                    continue
-                if metric.mode == "FR" and sample.hr is None:
-                    result.reasons[key] = "the dataset has no HR images (full-reference metric)"
-                    continue
-                if metric.mode == "FR" and sample.hr is not None and sample.hr.shape[-2:] != out.shape[-2:]:
-                    result.reasons[key] = f"output {tuple(out.shape[-2:])} and HR {tuple(sample.hr.shape[-2:])} differ in size"
-                    continue
+        local = {request: LocalStd() for request in work.stability}
+        per_metric: dict[str, dict[int, float]] = {}
+        previous: tuple[int, Tensor] | None = None
+        for seed in seeds:
+            if previous is not None and seed_free:
+                out = previous[1]
+            else:
+                start = time.perf_counter()
                 try:
-                    value = metric(out) if metric.mode == "NR" else metric(out, sample.hr[None])
-                except Exception as err:  # e.g. an IQA model rejecting the image size: n/a for this cell, not a crash
-                    result.reasons[key] = f"{key} failed on {sample.name}: {type(err).__name__}: {err}"
-                    continue
-                per_metric.setdefault(key, []).append(float(value[0]))
+                    out = model.sr(sample.lr[None], seed=seed, **sample_knobs(knobs, sample))
+                except SrkitError as err:
+                    result.error = f"{type(err).__name__}: {err}"
+                    return result
+                except TypeError as err:  # a knob the method does not take
+                    result.error = f"{unit.method}.sr() rejected {knobs}: {err}"
+                    return result
+                result.seconds.append(time.perf_counter() - start)
+                out = out.float().cpu()
+            if seed == seeds[0]:
+                write_image(image_dir / unit.dataset / unit.slug / f"{sample.name}.png", out[0])
+            for (crop, stability_seeds), std in local.items():
+                if seed in stability_seeds:
+                    std.update(out[0, :, crop : out.shape[-2] - crop, crop : out.shape[-1] - crop])
+            if previous is not None and torch.equal(out, previous[1]):  # the same values again: the same metrics
+                for values in per_metric.values():
+                    values[seed] = values[previous[0]]
+                previous = (seed, out)
+                continue
+            previous = (seed, out)
+            for key in keys:
+                value = _metric_value(metrics, key, out, sample, result.reasons)
+                if value is not None:
+                    per_metric.setdefault(key, {})[seed] = value
         result.values[sample.name] = per_metric
-        if stability and len(unit.seeds) > 1:
-            result.l_std[sample.name] = local.image_value()
+        for request, std in local.items():
+            if len(request[1]) > 1:
+                result.l_std.setdefault(request, {})[sample.name] = std.image_value()
     return result
+
+
+def _metric_value(metrics: MetricCache, key: str, out: Tensor, sample: Sample, reasons: dict[str, str]) -> float | None:
+    """The metric ``key`` of one output, or None with the reason recorded (unavailable, needs HR, failed)."""
+    metric = metrics.get(key)
+    if isinstance(metric, str):
+        reasons[key] = metric
+        return None
+    if metric.mode == "dataset":
+        return None
+    if metric.mode == "FR" and sample.hr is None:
+        reasons[key] = "the dataset has no HR images (full-reference metric)"
+        return None
+    if metric.mode == "FR" and sample.hr is not None and sample.hr.shape[-2:] != out.shape[-2:]:
+        reasons[key] = f"output {tuple(out.shape[-2:])} and HR {tuple(sample.hr.shape[-2:])} differ in size"
+        return None
+    try:
+        value = metric(out) if metric.mode == "NR" else metric(out, sample.hr[None])
+    except Exception as err:  # e.g. an IQA model rejecting the image size: n/a for this cell, not a crash
+        reasons[key] = f"{key} failed on {sample.name}: {type(err).__name__}: {err}"
+        return None
+    return float(value[0])
 
 
 def merge(parts: Sequence[Measured], order: Sequence[str]) -> Measured:
@@ -329,15 +389,16 @@ def merge(parts: Sequence[Measured], order: Sequence[str]) -> Measured:
         merged.error = merged.error or part.error
         merged.reasons.update(part.reasons)
         merged.values.update(part.values)
-        merged.l_std.update(part.l_std)
+        for request, values in part.l_std.items():
+            merged.l_std.setdefault(request, {}).update(values)
         merged.seconds.extend(part.seconds)
     merged.values = {n: merged.values[n] for n in order if n in merged.values}
-    merged.l_std = {n: merged.l_std[n] for n in order if n in merged.l_std}
+    merged.l_std = {request: {n: values[n] for n in order if n in values} for request, values in merged.l_std.items()}
     return merged
 
 
-def cell(measured: Measured, column: str, crop: int, fid: dict[str, Any]) -> tuple[float | None, str | None]:
-    """The measured value of one table column, or ``(None, reason)``."""
+def cell(measured: Measured, column: str, crop: int, seeds: Sequence[int], fid: dict[str, Any]) -> tuple[float | None, str | None]:
+    """The measured value of one table column over the table's ``seeds``, or ``(None, reason)``."""
     if measured.error:
         return None, measured.error
     if column == "params_m":
@@ -348,20 +409,21 @@ def cell(measured: Measured, column: str, crop: int, fid: dict[str, Any]) -> tup
         mean = sum(measured.seconds) / len(measured.seconds)
         return (mean * 1000 if column == "runtime_ms" else mean), None
     if column == "l_std":
-        if not measured.l_std:
+        images = measured.l_std.get((crop, tuple(seeds)))
+        if not images:
             return None, "L-STD needs at least 2 seeds"
-        return sum(measured.l_std.values()) / len(measured.l_std), None
+        return sum(images.values()) / len(images), None
     if column == "fid":
         return fid.get("value"), fid.get("reason")
     name = column.removesuffix("_gstd")
     key = metric_key(name, crop)
     if key in measured.reasons:
         return None, measured.reasons[key]
-    runs = [v[key] for v in measured.values.values() if key in v]
+    runs = [[v[key][seed] for seed in seeds] for v in measured.values.values() if key in v]  # (M images, N runs)
     if not runs:
         return None, "no images were measured"
     if column.endswith("_gstd"):
-        if len(runs[0]) < 2:
+        if len(seeds) < 2:
             return None, "G-STD needs at least 2 seeds"
         return g_std([list(r) for r in zip(*runs)]), None  # (N runs, M images), Eq. (4), CCSR
     flat = [x for r in runs for x in r]
@@ -392,14 +454,17 @@ def run_benchmark(
     mini_size: int | None = None,
     runs: int | None = None,
     datasets: Mapping[str, Sequence[Sample]] | None = None,
-    log: Any = print,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Measure every table row that can run; write ``<table>.md``/``.csv``, ``grid_<dataset>.png`` and ``results.json``.
 
     ``methods`` restricts the srkit methods run (default: all registered); ``runs`` caps the number
     of seeds of stability tables (default: the paper's, e.g. 10 for CCSR); ``datasets`` supplies
-    samples directly (name -> samples), bypassing ``mini``/``dataset_root``. Returns the JSON record.
+    samples directly (name -> samples), bypassing ``mini``/``dataset_root``; ``progress`` shows bars over the
+    units and their images (on stderr, first process only). Returns the JSON record.
     """
+    from tqdm.auto import tqdm
+
     from .. import list_methods
 
     dist, auto_device = init_distributed()
@@ -409,7 +474,9 @@ def run_benchmark(
     selected = list(methods) if methods else known
     unknown = sorted(set(selected) - set(known))
     if unknown:
-        raise ConfigError(f"unknown methods {unknown}; srkit has: {', '.join(known)}")
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown methods {unknown}{hint}; srkit has: {', '.join(known)}")
     scales = {int(spec.protocol.get("scale", 4)) for spec in specs}
     if len(scales) != 1:
         raise ConfigError(f"the selected tables mix scales {sorted(scales)}; run them separately (tables=...)")
@@ -438,46 +505,31 @@ def run_benchmark(
         "versions": versions(),
     }
     if dist.rank == 0:
-        log(f"srkit bench: {len(specs)} tables, methods {selected}, device {device}, {dist.world} process(es)")
+        log.info("%d tables, methods %s, device %s, %d process(es)", len(specs), selected, device, dist.world)
         for spec in specs:
-            log(f"  {spec.id}: seeds {spec.seeds}, crop_border {spec.protocol.get('crop_border', scale)}")
+            log.info("  %s: seeds %s, crop_border %s", spec.id, spec.seeds, spec.protocol.get("crop_border", scale))
 
-    # Collect the units each table needs and the metric keys each unit must compute.
-    plan: dict[Unit, set[str]] = {}
-    stability_units: dict[Unit, int] = {}
-    for spec in specs:
-        crop = int(spec.protocol.get("crop_border", scale))
-        stab = any(c.endswith("_gstd") or c == "l_std" for c in spec.metrics)
-        for row in spec.rows:
-            unit = unit_of(row, spec, source(row.dataset))
-            if unit is None:
-                continue
-            keys = plan.setdefault(unit, set())
-            keys.update(metric_key(c.removesuffix("_gstd"), crop) for c in spec.metrics if c not in SPECIAL_COLUMNS)
-            if stab:
-                stability_units[unit] = crop
-
+    plan = plan_work(specs, source, scale)
+    runnable = [unit for unit in plan if unit.dataset in found and unit.method in selected]
+    models = ModelCache(device=device, weights=weights)
     measured: dict[Unit, Measured] = {}
-    for unit, keys in plan.items():
-        samples = found.get(unit.dataset)
-        if samples is None or unit.method not in selected:
-            continue
+    for unit in tqdm(runnable, desc="bench", unit="unit", disable=not progress or dist.rank != 0):
+        samples = found[unit.dataset]
         if dist.rank == 0:
-            log(f"  running {unit.method} {unit.load} {unit.sr} on {unit.dataset} ({len(samples)} images, seeds {list(unit.seeds)})")
-        part = measure_unit(
-            unit, samples, sorted(keys), metrics=metrics, device=device, weights=weights, image_dir=image_dir, dist=dist,
-            stability=unit in stability_units, crop_border=stability_units.get(unit, 0),
-        )
+            log.info("running %s %s %s on %s (%d images, seeds %s)", unit.method, unit.load, unit.sr, unit.dataset,
+                     len(samples), sorted(plan[unit].seeds))
+        part = measure_unit(unit, plan[unit], samples, models=models, metrics=metrics, image_dir=image_dir, dist=dist,
+                            progress=progress and dist.rank == 0)
         measured[unit] = merge(dist.gather(part), [s.name for s in samples])
     dist.barrier()
     if dist.rank != 0:
         return {}
 
-    fids = {unit: dataset_fid(unit, found, metrics, image_dir) for unit, keys in plan.items() if unit in measured and "fid" in keys}
+    fids = {unit: dataset_fid(unit, found, metrics, image_dir) for unit in measured if "fid" in plan[unit].keys}
     results = [table_result(spec, selected, known, found, missing, measured, fids, source, scale) for spec in specs]
     record = {**header, "metric_options": metric_options(metrics), "tables": [tr_json(t) for t in results]}
     for key, options in record["metric_options"].items():
-        log(f"  metric {key}: {json.dumps(options, default=str)[:300]}")
+        log.info("  metric %s: %s", key, json.dumps(options, default=str)[:300])
     out.mkdir(parents=True, exist_ok=True)
     for tr in results:
         write_markdown(out / f"{tr.table.id}.md", tr, record["metric_options"])
@@ -486,8 +538,28 @@ def run_benchmark(
         units = [u for u in measured if u.dataset == dataset and not measured[u].error]
         write_grid(out / f"grid_{dataset}.png", samples, units, image_dir / dataset)
     (out / "results.json").write_text(json.dumps(record, indent=1, default=str))
-    log(f"srkit bench: wrote {len(results)} tables (.md, .csv), grids and results.json to {out.resolve()}")
+    log.info("wrote %d tables (.md, .csv), grids and results.json to %s", len(results), out.resolve())
     return record
+
+
+def plan_work(specs: Sequence[Table], source: Callable[[str], str], scale: int) -> dict[Unit, Work]:
+    """Each unit the tables need, with what all of them ask of it, ordered so that the units of one model (method
+    and load overrides) follow each other (:class:`ModelCache` then builds each model once)."""
+    plan: dict[Unit, Work] = {}
+    for spec in specs:
+        crop = int(spec.protocol.get("crop_border", scale))
+        stability = any(c.endswith("_gstd") or c == "l_std" for c in spec.metrics)
+        for row in spec.rows:
+            unit = unit_of(row, source(row.dataset))
+            if unit is None:
+                continue
+            work = plan.setdefault(unit, Work())
+            work.seeds.update(spec.seeds)
+            work.keys.update(metric_key(c.removesuffix("_gstd"), crop) for c in spec.metrics if c not in SPECIAL_COLUMNS)
+            if stability:
+                work.stability.add((crop, tuple(spec.seeds)))
+    first_seen = {key: index for index, key in enumerate(dict.fromkeys((u.method, u.load) for u in plan))}
+    return dict(sorted(plan.items(), key=lambda item: first_seen[item[0].method, item[0].load]))
 
 
 def add_extra_rows(spec: Table, selected: Sequence[str]) -> None:
@@ -500,10 +572,10 @@ def add_extra_rows(spec: Table, selected: Sequence[str]) -> None:
             spec.rows += [Row(d, f"{name} (srkit)", name, paper=empty, note="not in the paper's table") for d in datasets]
 
 
-def unit_of(row: Row, spec: Table, dataset: str) -> Unit | None:
+def unit_of(row: Row, dataset: str) -> Unit | None:
     if row.method is None:
         return None
-    return Unit(row.method, json.dumps(row.load, sort_keys=True), json.dumps(row.sr, sort_keys=True), dataset, tuple(spec.seeds))
+    return Unit(row.method, json.dumps(row.load, sort_keys=True), json.dumps(row.sr, sort_keys=True), dataset)
 
 
 def dataset_fid(unit: Unit, found: Mapping[str, Sequence[Sample]], metrics: MetricCache, image_dir: Path) -> dict[str, Any]:
@@ -534,7 +606,7 @@ def table_result(
     rows = []
     for row in spec.rows:
         dataset = source(row.dataset)
-        unit = unit_of(row, spec, dataset)
+        unit = unit_of(row, dataset)
         reason = None
         if row.method is None:
             reason = row.note or "method not in srkit"
@@ -546,7 +618,8 @@ def table_result(
             reason = missing.get(dataset, f"dataset {dataset!r} not found")
         cells = []
         for i, column in enumerate(spec.metrics):
-            value, why = (None, reason) if reason or unit is None else cell(measured[unit], column, crop, fids.get(unit, {}))
+            value, why = (None, reason) if reason or unit is None else cell(measured[unit], column, crop, spec.seeds,
+                                                                            fids.get(unit, {}))
             cells.append({"column": column, "measured": value, "paper": row.paper[i], "reason": why})
         shown = row.dataset if dataset == row.dataset else f"{dataset} (for {row.dataset})"
         rows.append({"dataset": shown, "label": row.label, "method": row.method, "load": row.load, "sr": row.sr, "note": row.note,
@@ -656,11 +729,25 @@ def write_grid(path: Path, samples: Sequence[Sample], units: Sequence[Unit], fol
         write_image(path, torch.cat([F.pad(r, (0, width - r.shape[-1]), value=1.0) for r in rows], dim=1))
 
 
-def run_bench(cfg: Any) -> dict[str, Any]:
-    """The ``srkit bench`` task: :func:`run_benchmark` with the keys of ``conf/bench.yaml``."""
-    from omegaconf import OmegaConf
+def _bench_options() -> dict[str, Any]:
+    """A parser per key of ``conf/bench.yaml`` (:func:`srkit.options.parse_options`)."""
+    from .. import list_methods
+    from ..options import choice, flag, folder, name, names, path, text, whole
+    from ..registry import REGISTRIES
 
-    options = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(options, dict)
-    options.pop("hydra", None)
-    return run_benchmark(**options)
+    return {
+        "out": path(), "mini": flag, "dataset_root": folder("the datasets' folders (RealSR/HR, RealSR/LR, ...)", null="none"),
+        "methods": names("method", list_methods, null="every method"), "tables": names("table", null="every table spec"),
+        "tables_dir": folder("table specs (*.yaml)", null="benchmarks/tables of the checkout"),
+        "weights": text(null="each method's real weights"), "device": text(),
+        "mini_degradation": name("degradation", REGISTRIES["degradation"].names),
+        "mini_size": choice(256, 512, null="both crop sizes"), "runs": whole(2, null="the paper's number of seeded runs"),
+        "progress": flag,
+    }
+
+
+def run_bench(cfg: Any) -> dict[str, Any]:
+    """The ``srkit bench`` task: :func:`run_benchmark` with the keys of ``conf/bench.yaml``, each checked first."""
+    from ..options import parse_options
+
+    return run_benchmark(**parse_options("bench", cfg, _bench_options()))

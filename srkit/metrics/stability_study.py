@@ -6,11 +6,15 @@ give L-STD (Eq. (5)), with the 4-pixel border crop of CCSR's ``cal_iqa`` scripts
 variants compare CCSR-S2 and CCSR-S1 with the same backbone under uniform DDPM sampling
 (``sampling="uniform"``, 2 steps from T). Results go to ``out``/stability.json and stability.md;
 metrics that cannot run here (e.g. pyiqa models without weights) are reported as unavailable.
+
+Every option is checked, and the images read, before the method is built; a bar counts the runs (variant x image x
+seed) and messages go to the ``srkit.metrics.stability_study`` logger.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +27,8 @@ from ..errors import ConfigError
 from .stability import LocalStd, g_std
 
 __all__ = ["VariantResult", "run_stability", "stability_study", "write_markdown"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,35 +50,43 @@ def stability_study(
     metrics: Mapping[str, Any],
     *,
     crop_border: int = 4,
+    progress: bool = False,
 ) -> list[VariantResult]:
     """Run every variant (``{"label": ..., "sr": {...}}``) on every (LR, HR) pair with every seed.
 
     ``metrics`` maps names to callables ``metric(sr, hr) -> (B,)`` values (see
-    :func:`srkit.metrics.iqa.get_metric`).
+    :func:`srkit.metrics.iqa.get_metric`); ``progress`` shows a bar over the runs (variant x image x seed).
     """
+    from tqdm.auto import tqdm
+
     if len(seeds) < 2:
         raise ConfigError(f"the stability study needs at least 2 seeds, got {list(seeds)}")
     if not pairs or not variants or not metrics:
         raise ConfigError("the stability study needs at least one image pair, one variant and one metric")
-    results = []
-    for variant in variants:
-        knobs = dict(variant.get("sr") or {})
-        values = {name: torch.zeros(len(seeds), len(pairs), dtype=torch.float64) for name in metrics}
-        local = LocalStd()
-        for j, (lr, hr) in enumerate(pairs):
-            for i, seed in enumerate(seeds):
-                out = method.sr(lr[None], seed=int(seed), **knobs).float()
-                for name, metric in metrics.items():
-                    values[name][i, j] = float(metric(out, hr[None].to(out))[0])
-                c = crop_border
-                local.update(out[0, :, c: out.shape[-2] - c, c: out.shape[-1] - c])
-            local.image_value()
-        results.append(VariantResult(
-            label=str(variant.get("label", knobs)), sr=knobs,
-            mean={name: float(v.mean()) for name, v in values.items()},
-            g_std={name: g_std(v) for name, v in values.items()}, l_std=local.value,
-        ))
-    return results
+    with tqdm(total=len(variants) * len(pairs) * len(seeds), desc="stability", unit="run", disable=not progress) as bar:
+        return [_variant_result(method, pairs, variant, seeds, metrics, crop_border, bar) for variant in variants]
+
+
+def _variant_result(method: Any, pairs: Sequence[tuple[Tensor, Tensor]], variant: Mapping[str, Any], seeds: Sequence[int],
+                    metrics: Mapping[str, Any], crop_border: int, bar: Any) -> VariantResult:
+    """One variant of :func:`stability_study`, each run counted on ``bar``."""
+    knobs = dict(variant.get("sr") or {})
+    values = {name: torch.zeros(len(seeds), len(pairs), dtype=torch.float64) for name in metrics}
+    local = LocalStd()
+    for j, (lr, hr) in enumerate(pairs):
+        for i, seed in enumerate(seeds):
+            out = method.sr(lr[None], seed=int(seed), **knobs).float()
+            for name, metric in metrics.items():
+                values[name][i, j] = float(metric(out, hr[None].to(out))[0])
+            c = crop_border
+            local.update(out[0, :, c: out.shape[-2] - c, c: out.shape[-1] - c])
+            bar.update()
+        local.image_value()
+    return VariantResult(
+        label=str(variant.get("label", knobs)), sr=knobs,
+        mean={name: float(v.mean()) for name, v in values.items()},
+        g_std={name: g_std(v) for name, v in values.items()}, l_std=local.value,
+    )
 
 
 def write_markdown(path: Path, results: Sequence[VariantResult], metric_names: Sequence[str], header: str) -> None:
@@ -85,49 +99,121 @@ def write_markdown(path: Path, results: Sequence[VariantResult], metric_names: S
     path.write_text("\n".join(lines) + "\n")
 
 
-def _pairs(cfg: Any, scale: int) -> list[tuple[Tensor, Tensor]]:
-    if cfg.dataset is None:
+def _pairs(options: Mapping[str, Any], scale: int) -> list[tuple[Tensor, Tensor]]:
+    if options["dataset"] is None:
         from ..data.mini import mini_pairs
 
-        found = [(p.lr, p.hr) for p in mini_pairs(cfg.mini_degradation, scale, cfg.mini_size)]
+        found = [(p.lr, p.hr) for p in mini_pairs(options["mini_degradation"], scale, options["mini_size"])]
     else:
         from .bench import folder_samples
 
-        root = Path(cfg.dataset)
+        root = options["dataset"]
         if not (root / "HR").is_dir() or not (root / "LR").is_dir():
             raise ConfigError(f"dataset={root} needs HR/ and LR/ folders (paired by file name)")
         found = [(s.lr, s.hr) for s in folder_samples(root, scale) if s.hr is not None]
-    return found[: cfg.max_images] if cfg.max_images else found
+    if not found:
+        raise ConfigError(f"dataset={options['dataset']} has no LR-HR pairs; put images with the same names in HR/ and LR/")
+    return found[: options["max_images"]] if options["max_images"] else found
+
+
+def _variants(value: Any) -> list[dict[str, Any]]:
+    """The ``variants`` option: a non-empty list of ``{label: TEXT, sr: {KNOB: VALUE}}``."""
+    from ..options import NotAllowed, mapping
+
+    items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else []
+    variants = [mapping(item) for item in items if isinstance(item, Mapping)]
+    if not items or len(variants) != len(items) or any(
+            set(variant) - {"label", "sr"} or not isinstance(variant.get("sr", {}), Mapping) for variant in variants):
+        raise NotAllowed("a non-empty list of {label: TEXT, sr: {KNOB: VALUE, ...}}")
+    return variants
+
+
+def _seeds(value: Any) -> list[int] | None:
+    from ..options import NotAllowed
+
+    if value is None:
+        return None
+    seeds = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else []
+    if len(set(seeds)) < 2 or len(set(seeds)) != len(seeds) or not all(
+            isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in seeds):
+        raise NotAllowed("a list of at least 2 different whole numbers >= 0, e.g. [233, 1, 2], or null (0..runs-1)")
+    return seeds
+
+
+def _stability_options() -> dict[str, Any]:
+    """A parser per key of ``conf/stability.yaml`` but the composed ``method`` (and the ``sampler`` a diffusion
+    method's YAML adds) (:func:`srkit.options.parse_options`)."""
+    from ..options import choice, flag, folder, name, names, path, text, whole
+    from ..registry import REGISTRIES
+    from .iqa import METRIC_NAMES
+
+    return {
+        "weights": text(null="the method's default files"), "variants": _variants, "runs": whole(2), "seeds": _seeds,
+        "metrics": names("metric", lambda: METRIC_NAMES), "crop_border": whole(0),
+        "dataset": folder("HR/ and LR/ (paired by file name)", null="srkit-mini"),
+        "mini_degradation": name("degradation", REGISTRIES["degradation"].names),
+        "mini_size": choice(256, 512, null="both crop sizes"), "max_images": whole(1, null="every image"),
+        "device": text(), "out": path(), "progress": flag,
+    }
 
 
 def run_stability(cfg: Any) -> dict[str, Any]:
-    """The ``srkit stability`` task (conf/stability.yaml): writes stability.json and stability.md."""
+    """The ``srkit stability`` task (conf/stability.yaml): writes stability.json and stability.md.
+
+    ``cfg.method`` is a method config (the ``method`` group: ``method=NAME``, ``method.KEY=VALUE``). Every option
+    is checked, the images read, the metrics built and the output folder created before the method is built, so a
+    bad value costs no model build.
+    """
     from omegaconf import OmegaConf
 
-    from ..registry import load
+    from ..options import parse_options
+    from ..registry import build_method, import_target
     from .iqa import MetricUnavailable, get_metric
 
-    method = load(cfg.method, device=cfg.device, **OmegaConf.to_container(cfg.load or {}, resolve=True))
+    options = parse_options("stability", cfg, _stability_options(), composed=("method", "sampler"))
+    method_config = OmegaConf.to_container(cfg.method, resolve=True)
+    sampler_config = OmegaConf.to_container(cfg.sampler, resolve=True) if "sampler" in cfg else None
+    if not isinstance(method_config, dict) or not isinstance(method_config.get("_target_"), str):
+        raise ConfigError(f"method={cfg.method!r} is not a method config; pass method=NAME (`srkit list` names them)")
+    descriptor = import_target(method_config["_target_"]).descriptor
+    for variant in options["variants"]:
+        steps, label = variant.get("sr", {}).get("steps"), variant.get("label", variant.get("sr"))
+        if steps is not None and descriptor.steps is None:
+            raise ConfigError(f"variant {label!r}: {descriptor.name} does not sample (no steps); drop the variant's sr.steps")
+        if steps is not None and steps not in descriptor.steps:
+            raise ConfigError(f"variant {label!r}: {descriptor.name} runs steps in {list(descriptor.steps)}, "
+                              f"not steps={steps}; change the variant's sr.steps")
+    seeds = options["seeds"] if options["seeds"] is not None else list(range(options["runs"]))
+    pairs = _pairs(options, descriptor.scale)
     metrics, unavailable = {}, {}
-    for name in cfg.metrics:
+    for metric_name in options["metrics"]:
         try:
-            metrics[name] = get_metric(name, crop_border=cfg.crop_border, device=cfg.device)
+            metrics[metric_name] = get_metric(metric_name, crop_border=options["crop_border"], device=options["device"])
         except MetricUnavailable as err:
-            unavailable[name] = str(err)
-    seeds = list(cfg.seeds) if cfg.seeds is not None else list(range(cfg.runs))
-    variants = OmegaConf.to_container(cfg.variants, resolve=True)
-    pairs = _pairs(cfg, method.scale)
-    results = stability_study(method, pairs, variants, seeds, metrics, crop_border=cfg.crop_border)  # type: ignore[arg-type]
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+            unavailable[metric_name] = str(err)
+            log.warning("metric %s is unavailable: %s", metric_name, err)
+    if not metrics:
+        raise ConfigError(f"none of the metrics {options['metrics']} can run here (see the warnings above); "
+                          "pass metrics=[psnr,ssim], which need nothing installed")
+    out = options["out"]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the output folder out={out}: {err.strerror or err}; choose another out=") from None
+    log.info("%s: %d variants x %d images x %d seeds", descriptor.name, len(options["variants"]), len(pairs), len(seeds))
+    method = build_method(method_config, weights=options["weights"], device=options["device"], name=descriptor.name,
+                          sampler=sampler_config)
+    results = stability_study(method, pairs, options["variants"], seeds, metrics, crop_border=options["crop_border"],
+                              progress=options["progress"])
+    dataset = str(options["dataset"]) if options["dataset"] is not None else f"srkit-mini ({options['mini_degradation']})"
     report = {
-        "method": cfg.method, "load": OmegaConf.to_container(cfg.load or {}, resolve=True), "seeds": seeds,
-        "images": len(pairs), "dataset": cfg.dataset or f"srkit-mini ({cfg.mini_degradation})", "crop_border": cfg.crop_border,
-        "unavailable": unavailable, "results": [r.__dict__ for r in results],
+        "method": descriptor.name, "weights": options["weights"], "config": method_config, "seeds": seeds,
+        "images": len(pairs), "dataset": dataset,
+        "crop_border": options["crop_border"], "unavailable": unavailable, "results": [r.__dict__ for r in results],
     }
     (out / "stability.json").write_text(json.dumps(report, indent=2))
-    header = (f"{cfg.method} on {report['dataset']}: {len(pairs)} images x {len(seeds)} seeds; "
-              f"metric mean/G-STD (CCSR Eq. 4), L-STD (Eq. 5); {cfg.crop_border}-px border crop")
+    header = (f"{descriptor.name} on {dataset}: {len(pairs)} images x {len(seeds)} seeds; "
+              f"metric mean/G-STD (CCSR Eq. 4), L-STD (Eq. 5); {options['crop_border']}-px border crop")
     write_markdown(out / "stability.md", results, list(metrics), header)
-    print((out / "stability.md").read_text())
+    log.info("wrote %s and %s", out / "stability.json", out / "stability.md")
     return report

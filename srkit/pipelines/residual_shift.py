@@ -29,7 +29,7 @@ from ..registry import backend_config
 from ..samplers.residual_shift import ResidualShiftSampler
 from ..tiling import pad_to_multiple
 from ..types import Denoiser, MethodDescriptor
-from ..weights import resolve_weights
+from ..weights import resolve_weights_together
 
 __all__ = ["CHECKPOINTS", "ResidualShiftMethod", "released_chain"]
 
@@ -41,14 +41,19 @@ CHECKPOINTS: dict[int, tuple[str, dict[str, float]]] = {
 }
 
 
-def released_chain(descriptor: MethodDescriptor, steps: int, weights: str | None) -> dict[str, Any]:
-    """The denoiser and autoencoder weights and the sampler of the released checkpoint with T = ``steps``."""
+def released_chain(descriptor: MethodDescriptor, steps: int, weights: str | None,
+                   companions: Mapping[str, str | None] | None = None) -> dict[str, Any]:
+    """The denoiser and autoencoder weights and the sampler of the released checkpoint with T = ``steps``, and the
+    paths of the method's ``companions`` (its other weight files, role -> spec), all resolved together so that a
+    missing or single file is reported for every role at once (:func:`~srkit.weights.resolve_weights_together`)."""
     if steps not in CHECKPOINTS:
         raise UnsupportedError(f"{descriptor.name} checkpoints exist for steps in {sorted(CHECKPOINTS)}, got steps={steps}")
     denoiser, schedule = CHECKPOINTS[steps]
+    paths = resolve_weights_together(descriptor, {denoiser: weights, "autoencoder": weights, **(companions or {})})
     return {
-        "unet_weights": resolve_weights(descriptor, denoiser, weights),
-        "autoencoder_weights": resolve_weights(descriptor, "autoencoder", weights),
+        "unet_weights": paths.pop(denoiser),
+        "autoencoder_weights": paths.pop("autoencoder"),
+        "companion_weights": paths,
         "sampler": ResidualShiftSampler(steps=steps, **schedule),
     }
 
@@ -64,7 +69,8 @@ class ResidualShiftMethod(DiffusionMethod):
     config (LPNSR's predicted noise, PG-ResShift's guidance). ``dtype`` is the precision the networks are built in
     (synthetic weights are evaluated in it; ``srkit.load(dtype=)`` converts the built model instead).
     ``unet_config`` / ``autoencoder_config`` override keys of ``conf/backend/resshift_unet_v3.yaml`` / ``vq_f4.yaml``
-    (for retrained or smaller networks).
+    (for retrained or smaller networks). ``companion_weights``: a subclass's other weight files (role -> spec, e.g.
+    LPNSR's noise predictor), resolved with the chain's into :attr:`companion_weights` (role -> path).
     """
 
     sampler_type = ResidualShiftSampler
@@ -79,10 +85,12 @@ class ResidualShiftMethod(DiffusionMethod):
         noise: NoiseHook | None = None,
         mean_correction: MeanCorrectionHook | None = None,
         color_fix: str | None = None,
+        companion_weights: Mapping[str, str | None] | None = None,
     ):
-        release = released_chain(self.descriptor, steps, weights)
+        release = released_chain(self.descriptor, steps, weights, companion_weights)
         super().__init__(4, sampler=release["sampler"], noise=noise, mean_correction=mean_correction, color_fix=color_fix)
         unet_weights, autoencoder_weights = release["unet_weights"], release["autoencoder_weights"]
+        self.companion_weights: dict[str, Any] = release["companion_weights"]
         self.unet: UNetModelSwin = UNetModelSwin.from_pretrained(
             unet_weights, dtype=dtype, **backend_config("resshift_unet_v3", unet_config)
         )

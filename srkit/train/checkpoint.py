@@ -27,12 +27,13 @@ from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = ["load_checkpoint", "read_rng", "save_checkpoint"]
+__all__ = ["load_checkpoint", "read_rng", "rng_state", "save_checkpoint"]
 
 MODULES, OPTIMIZERS, PROGRESS = "modules.safetensors", "optimizers.pt", "progress.json"
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """This process's torch (CPU and CUDA), numpy and Python RNG states as tensors and numbers (:func:`read_rng` restores them)."""
     python_version, python_state, python_gauss = random.getstate()
     _, numpy_keys, numpy_pos, numpy_has_gauss, numpy_gauss = np.random.get_state()
     return {
@@ -68,7 +69,7 @@ def save_checkpoint(folder: Path, *, modules: Mapping[str, nn.Module], stateful:
         save_file(tensors, str(folder / MODULES))
         torch.save({name: obj.state_dict() for name, obj in stateful.items()}, folder / OPTIMIZERS)
         (folder / PROGRESS).write_text(json.dumps(dict(progress)))
-    torch.save({**_rng_state(), "streams": dict(streams or {})}, folder / f"rng-{rank}.pt")
+    torch.save({**rng_state(), "streams": dict(streams or {})}, folder / f"rng-{rank}.pt")
 
 
 def _safe_load(path: Path) -> Any:

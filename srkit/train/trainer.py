@@ -5,19 +5,20 @@ The method contract the trainer relies on (``srkit.types.SRMethod``):
 * ``trainable_modules() -> {name: module}`` -- what the generator optimizer trains;
 * ``losses(batch) -> {name: loss}`` -- weighted generator terms; the trainer sums them;
 * optionally ``discriminator_modules() -> {name: module}`` and ``discriminator_losses(batch) ->
-  {name: loss}`` -- a second, adversarial player with its own optimizer (``disc_lr``). Each
-  training step then updates the generator and then the discriminator on the same batch, or, with
-  ``disc_alternate=True`` (LPNSR v2), the discriminator alone on even steps and the generator alone
-  on odd steps. The discriminator starts at step ``disc_start``; before that only the generator
-  trains. ``batch["step"]`` (a 0-d long tensor) carries the global step, e.g. for
-  :func:`srkit.losses.gan.adopt_weight`.
+  {name: loss}`` -- a second, adversarial player with its own optimizer (``disc_lr``,
+  ``disc_weight_decay``, ``disc_optimizer``). Each training step updates the generator and then the
+  discriminator on the same batch; the run's :class:`~srkit.train.schedule.GanSchedule` (``gan``)
+  decides at every step which of the two is updated (start, alternation), multiplies the
+  discriminator's losses by its ``disc_loss_weight``, picks the discriminator's LR schedule and gives
+  the method the generator's GAN factor in ``batch["gan_factor"]`` (a 0-d float tensor:
+  :func:`srkit.losses.gan.gan_factor`). ``batch["step"]`` (a 0-d long tensor) carries the global step.
 
 LR schedules (constant, cosine with a floor, step decay; linear warmup) follow the global step for
-both players. Every other parameter of the method is frozen: ``requires_grad=False``, eval mode, no optimizer
-state. Modules are not wrapped in DDP, so ``losses`` may call its sub-modules directly: after the
-``grad_accum`` micro-batches of a step, gradients are averaged across processes explicitly. With
-several processes each batch of ``batch_size`` samples is split between them (``split_batches``),
-so the optimisation does not depend on the number of processes.
+both players (the discriminator's stays constant with ``gan.disc_lr_schedule="constant"``). Every other
+parameter of the method is frozen: ``requires_grad=False``, eval mode, no optimizer state. Modules are not
+wrapped in DDP, so ``losses`` may call its sub-modules directly: after the ``grad_accum`` micro-batches of a
+step, gradients are averaged across processes explicitly. With several processes each batch of ``batch_size``
+samples is split between them (``split_batches``), so the optimisation does not depend on the number of processes.
 
 Checkpoints (``output_dir/checkpoint-<step>``) are written atomically (a temporary folder renamed
 into place) by :mod:`srkit.train.checkpoint`: trained modules, EMA copies, optimizers, LR schedules,
@@ -27,11 +28,18 @@ interrupted run continues exactly as if it had not stopped. At the end (and with
 the run folder also holds the method's trained weights as :meth:`srkit.SRMethod.save_pretrained`
 writes them (config + one safetensors file per trained module, + EMA), which
 ``srkit.load(name, weights=output_dir)`` reads.
+
+Every ``val_every`` steps and at the end the method's public ``sr()`` runs on the validation pairs
+(:mod:`srkit.train.report`): PSNR and a perceptual metric go to ``log.jsonl`` (``val/<metric>``), the grid
+LR | SR | HR to ``validation.png``; ``loss.png`` plots the log. Validation draws from no training RNG
+and restores every module's mode, so it does not change the training or its resume. Progress goes to a
+tqdm bar and to the ``srkit.train`` loggers.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -48,12 +56,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import ConfigError, UnsupportedError, import_optional
-from . import checkpoint
+from ..losses.gan import GAN_FACTOR
+from . import checkpoint, report
+from .schedule import GanSchedule
 
 __all__ = ["EpochSampler", "LRSchedule", "Trainer", "run_training"]
 
+logger = logging.getLogger(__name__)  # not `log`: train_step calls its loss record that
+
 Schedule = Literal["constant", "cosine", "step"]
 CHECKPOINT_PREFIX = "checkpoint-"
+LOG_FILE = "log.jsonl"
 
 
 class EpochSampler(Sampler[int]):
@@ -129,13 +142,18 @@ def _parameters(modules: Mapping[str, nn.Module]) -> list[nn.Parameter]:
 
 
 class Trainer:
-    """Train ``method`` on ``dataset`` (a map-style dataset of dicts of tensors); see the module docstring."""
+    """Train ``method`` on ``dataset`` (a map-style dataset of dicts of tensors); see the module docstring.
+
+    ``validation`` (pairs ``{"name", "hr", "lr"}``, e.g. ``dataset.validation`` of :func:`srkit.data.image_folders`) is
+    scored every ``val_every`` steps and at the end (:class:`srkit.train.report.Validator`).
+    """
 
     def __init__(
         self,
         method: nn.Module,
         dataset: Dataset,
         *,
+        validation: Dataset | None = None,
         output_dir: str | os.PathLike[str] = "outputs/train",
         max_steps: int = 1000,
         batch_size: int = 8,
@@ -153,10 +171,11 @@ class Trainer:
         ema_decay: float | None = None,
         disc_lr: float | None = None,
         disc_weight_decay: float = 0.0,
-        disc_start: int = 0,
-        disc_alternate: bool = False,
+        disc_optimizer: Literal["adamw", "adam"] = "adamw",
+        gan: GanSchedule | Mapping[str, Any] | None = None,
         checkpoint_every: int = 0,
         keep_checkpoints: int = 2,
+        val_every: int = 1000,
         log_every: int = 10,
         tensorboard: bool = False,
         progress: bool = True,
@@ -186,7 +205,9 @@ class Trainer:
         set_seed(seed)
         self.method, self.output_dir = method, Path(output_dir)
         self.max_steps, self.grad_accum, self.grad_clip = max_steps, grad_accum, grad_clip
-        self.disc_start, self.disc_alternate = disc_start, disc_alternate
+        self.gan = GanSchedule.from_config(gan)  # counted in steps once the loader's length is known (below)
+        if disc_optimizer not in ("adamw", "adam"):
+            raise ConfigError(f"disc_optimizer must be 'adamw' (decoupled weight decay) or 'adam' (L2), got {disc_optimizer!r}")
         self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
         self.log_every, self.show_progress = log_every, progress
 
@@ -210,9 +231,11 @@ class Trainer:
         self.optimizers = [self.accelerator.prepare(optimizer)]
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)]
         if self.disc_modules:
-            d_opt = torch.optim.AdamW(self.disc_params, lr=disc_lr or lr, betas=betas, weight_decay=disc_weight_decay)
+            d_cls = torch.optim.AdamW if disc_optimizer == "adamw" else torch.optim.Adam
+            d_opt = d_cls(self.disc_params, lr=disc_lr or lr, betas=betas, weight_decay=disc_weight_decay)
             self.optimizers.append(self.accelerator.prepare(d_opt))
-            self.schedulers.append(torch.optim.lr_scheduler.LambdaLR(d_opt, schedule))
+            d_schedule = schedule if self.gan.disc_lr_schedule == "generator" else LRSchedule("constant", max_steps)
+            self.schedulers.append(torch.optim.lr_scheduler.LambdaLR(d_opt, d_schedule))
 
         self.ema: dict[str, nn.Module] = {}
         if ema_decay is not None:
@@ -229,9 +252,14 @@ class Trainer:
         self.loader = self.accelerator.prepare(loader)
         if len(self.loader) == 0:
             raise ConfigError(f"the dataset has {len(dataset)} samples, fewer than one batch of {batch_size}")  # type: ignore[arg-type]
+        self.gan = self.gan.in_steps(max(1, len(self.loader) // grad_accum))  # an epoch: the steps of one pass
         self.dataset = dataset
         self.data_rng = torch.Generator().manual_seed(seed + 1).get_state()  # see _data_stream
         self.state = _Progress()
+        self.val_every, self.validates = val_every, validation is not None and val_every > 0
+        # Only the main process validates (the others wait for it), so only it holds the pairs and the metric.
+        self.validator = (report.Validator(validation, self.output_dir, seed=seed)
+                          if self.validates and self.accelerator.is_main_process else None)
         self.writer: Any = None
         if tensorboard and self.accelerator.is_main_process:
             try:
@@ -267,6 +295,7 @@ class Trainer:
             for old in self.checkpoints()[: -self.keep_checkpoints] if self.keep_checkpoints > 0 else []:
                 shutil.rmtree(old, ignore_errors=True)
             self.save_pretrained()
+            logger.info("step %d: checkpoint %s", self.state.step, final)
         self.accelerator.wait_for_everyone()
         return final
 
@@ -369,6 +398,12 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         return totals
 
+    def _discriminator_losses(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The method's discriminator losses times the GAN schedule's ``disc_loss_weight``."""
+        terms = self.method.discriminator_losses(batch)
+        weight = self.gan.disc_loss_weight
+        return terms if weight == 1.0 else {name: weight * value for name, value in terms.items()}
+
     def _reduce_log(self, values: dict[str, float]) -> dict[str, float]:
         if self.accelerator.num_processes == 1 or not values:
             return values
@@ -380,11 +415,12 @@ class Trainer:
     def train_step(self, batches: list[dict[str, Any]]) -> dict[str, float]:
         """One optimisation step on ``grad_accum`` micro-batches; returns the averaged loss terms."""
         step = self.state.step
+        factor = torch.tensor(self.gan.gan_factor(step), device=self.accelerator.device)
         for batch in batches:
             batch["step"] = torch.tensor(step, device=self.accelerator.device)
-        disc_active = bool(self.disc_modules) and step >= self.disc_start
-        update_g = not (disc_active and self.disc_alternate and step % 2 == 0)
-        update_d = disc_active and (not self.disc_alternate or step % 2 == 0)
+            batch[GAN_FACTOR] = factor  # the generator's GAN factor of the step (GanSchedule)
+        update_g = not self.disc_modules or self.gan.updates_generator(step)
+        update_d = bool(self.disc_modules) and self.gan.updates_discriminator(step)
         log: dict[str, float] = {}
         if update_g:
             terms = self._phase(batches, self.method.losses, self.generator_params, 0)
@@ -392,7 +428,7 @@ class Trainer:
             for name, averaged in self.ema.items():
                 averaged.update_parameters(self.generator_modules[name])
         if update_d:
-            terms = self._phase(batches, self.method.discriminator_losses, self.disc_params, 1)
+            terms = self._phase(batches, self._discriminator_losses, self.disc_params, 1)
             log.update({f"disc/{k}": v for k, v in terms.items()}, **{"disc/loss": sum(terms.values())})
         with warnings.catch_warnings():  # a schedule follows the global step, also before its optimizer's first step
             warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`"))
@@ -404,42 +440,70 @@ class Trainer:
     def fit(self, resume: bool = True, until: int | None = None) -> list[dict[str, float]]:
         """Train to ``max_steps`` (resuming from the newest checkpoint); returns the log of every step run.
 
-        ``until`` stops after that step instead (a time-sliced job); a later ``fit()`` resumes.
+        ``until`` stops after that step instead (a time-sliced job); a later ``fit()`` resumes. The main process
+        appends steps to ``log.jsonl`` (every ``log_every`` steps, and each validation's, with its ``val/<metric>``
+        means) and redraws ``loss.png`` at each validation and checkpoint and at the end.
         """
         from tqdm.auto import tqdm
 
         if resume and (found := self.checkpoints()):
             self.load_checkpoint(found[-1])
+            logger.info("resumed from %s at step %d of %d", found[-1], self.state.step, self.max_steps)
         history: list[dict[str, float]] = []
         batches = self._batches()
-        show = self.show_progress and self.accelerator.is_main_process
-        bar = tqdm(total=self.max_steps, initial=self.state.step, disable=not show, desc="train")
-        log_file = self.output_dir / "log.jsonl"
-        if self.accelerator.is_main_process:
+        main = self.accelerator.is_main_process
+        bar = tqdm(total=self.max_steps, initial=self.state.step, disable=not (self.show_progress and main), desc="train")
+        log_file, loss_curve = self.output_dir / LOG_FILE, self.output_dir / report.LOSS_CURVE_FILE
+        if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         stop = self.max_steps if until is None else min(until, self.max_steps)
+        if self.state.step < stop:
+            logger.info("training %s from step %d to %d of %d: %d samples, batch %d x %d, %d process(es); run folder %s",
+                        type(self.method).__name__, self.state.step, stop, self.max_steps, len(self.dataset),  # type: ignore[arg-type]
+                        self.loader.total_batch_size, self.grad_accum, self.accelerator.num_processes, self.output_dir)
+        postfix: dict[str, str] = {}
         while self.state.step < stop:
-            log = self.train_step([next(batches) for _ in range(self.grad_accum)])
-            log["lr"] = self.schedulers[0].get_last_lr()[0]
-            history.append(log)
+            record = self.train_step([next(batches) for _ in range(self.grad_accum)])
+            record["lr"] = self.schedulers[0].get_last_lr()[0]
             step = self.state.step
+            validated = self.validates and (step % self.val_every == 0 or step == self.max_steps)
+            if validated:
+                record.update(self.validate())
+            history.append(record)
             bar.update(1)
-            if "loss" in log:
-                bar.set_postfix(loss=f"{log['loss']:.4g}")
-            if self.accelerator.is_main_process and (step % self.log_every == 0 or step == self.max_steps):
+            postfix.update({name.removeprefix("val/"): f"{value:.4g}" for name, value in record.items()
+                            if name == "loss" or name.startswith("val/")})
+            bar.set_postfix(postfix, refresh=False)
+            if main and (step % self.log_every == 0 or step == self.max_steps or validated):
                 with log_file.open("a") as f:
-                    f.write(json.dumps({"step": step, **log}) + "\n")
+                    f.write(json.dumps({"step": step, **record}) + "\n")
                 if self.writer is not None:
-                    for name, value in log.items():
+                    for name, value in record.items():
                         self.writer.add_scalar(name, value, step)
-            if self.checkpoint_every and (step % self.checkpoint_every == 0 or step in (stop, self.max_steps)):
+            saved = bool(self.checkpoint_every) and (step % self.checkpoint_every == 0 or step in (stop, self.max_steps))
+            if saved:
                 self.save_checkpoint()
+            if main and (validated or saved) and step < stop:  # the last step's curve is drawn below
+                report.write_loss_curve(log_file, loss_curve)
         bar.close()
         if self.writer is not None:
             self.writer.flush()
-        if self.accelerator.is_main_process and self.state.step == self.max_steps:
-            self.save_pretrained()
+        if main and history:
+            report.write_loss_curve(log_file, loss_curve)
+        if main and self.state.step == self.max_steps and self.save_pretrained() is not None:
+            logger.info("trained weights written to %s", self.output_dir)
         return history
+
+    def validate(self) -> dict[str, float]:
+        """Score the validation pairs now and write ``validation.png`` (on the main process; the others wait); returns
+        ``{"val/<metric>": mean}``, empty on the other processes."""
+        metrics: dict[str, float] = {}
+        if self.validator is not None:
+            metrics = {f"val/{name}": value for name, value in self.validator(self.method).items()}
+            logger.info("step %d, validation on %d images: %s", self.state.step, len(self.validator.pairs),
+                        ", ".join(f"{name[4:]} {value:.4g}" for name, value in metrics.items()))
+        self.accelerator.wait_for_everyone()
+        return metrics
 
     def ema_modules(self) -> dict[str, nn.Module]:
         """The EMA copies of the trained modules (empty without ``ema_decay``)."""
@@ -466,7 +530,9 @@ def run_training(cfg: Any) -> list[dict[str, float]]:
     accelerate.utils.set_seed(int(config["train"].get("seed", 0)))  # fresh modules (discriminators, heads) reproducible
     method = build_method(config["method"], weights=config.get("weights"), device="cpu", sampler=config.get("sampler"))
     dataset = instantiate(config["data"], where="data")
-    trainer = instantiate(config["train"], where="train", method=method, dataset=dataset)
+    # The dataset's validation pairs (srkit.data.image_folders holds images out of the training folder for them).
+    trainer = instantiate(config["train"], where="train", method=method, dataset=dataset,
+                          validation=getattr(dataset, "validation", None))
     if trainer.accelerator.is_main_process:  # the resolved config of the run, next to its weights
         trainer.output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(config), trainer.output_dir / "config.yaml")

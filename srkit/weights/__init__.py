@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import pickle
 import re
 import zlib
 from collections.abc import Mapping
@@ -44,8 +45,10 @@ __all__ = [
     "load_weights",
     "resolve",
     "resolve_weights",
+    "resolve_weights_together",
     "search_dirs",
     "srkit_home",
+    "summarise_load_error",
     "synthetic_state_dict",
     "synthetic_tensor",
     "unwrap_state_dict",
@@ -91,23 +94,56 @@ def unwrap_state_dict(obj: object, *, source: str = "checkpoint") -> dict[str, T
     return state
 
 
+# torch's weights_only unpickler names the first object it refuses as "GLOBAL <module.name>".
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+)")
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Read an official checkpoint file into a plain state dict on the CPU (no code is unpickled)."""
+    """Read an official checkpoint file into a plain state dict on the CPU (no code is unpickled).
+
+    A file that cannot be read is a :class:`ConfigError` saying whether it is corrupt or holds pickled objects,
+    and how to get a good file; torch's own advice (retry with ``weights_only=False``, which runs the file's code)
+    is never passed on.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsNotFoundError(f"weights file {path} does not exist")
     if path.suffix.lower() == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return unwrap_state_dict(load_file(str(path)), source=str(path))
+        try:
+            state = load_file(str(path))
+        except SafetensorError as err:
+            raise ConfigError(f"{path} is not a valid safetensors file ({err}); {_how_to_replace(path)}") from None
+        return unwrap_state_dict(state, source=str(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # weights_only refuses pickles that carry code; corrupt files land here too
+    except pickle.UnpicklingError as err:
+        refused = _REFUSED_GLOBAL.search(str(err))
+        if refused is None:  # the unpickler met bytes that are no pickle at all
+            raise ConfigError(f"{path} is corrupt: it is not a PyTorch checkpoint; {_how_to_replace(path)}") from None
         raise ConfigError(
-            f"cannot read {path} with torch.load(weights_only=True): {err}. srkit never unpickles code; "
-            "re-save the checkpoint as a plain state dict (torch.save(model.state_dict(), ...)) or as safetensors"
-        ) from err
+            f"{path} is not a plain state dict: it holds the Python object {refused[1]}, and srkit never unpickles objects "
+            "(unpickling runs code). Re-save it as tensors only (torch.save(model.state_dict(), ...) or safetensors), "
+            f"or {_how_to_replace(path)}"
+        ) from None
+    except (RuntimeError, EOFError, OSError):  # a truncated or damaged zip archive or legacy pickle
+        damage = "it is empty" if path.stat().st_size == 0 else "it is truncated or damaged"
+        raise ConfigError(f"{path} is corrupt ({damage}); {_how_to_replace(path)}") from None
     return unwrap_state_dict(obj, source=str(path))
+
+
+def _how_to_replace(path: Path) -> str:
+    """How to get a good copy of ``path``: the source of the built-in method's file of that name, if there is one."""
+    from ..registry import REGISTRIES
+
+    for entry in REGISTRIES["method"]:
+        descriptor = entry.descriptor
+        for weight_file in descriptor.weights if descriptor is not None else ():
+            if weight_file.filename == path.name and weight_file.source:
+                return f"download {path.name} again from {weight_file.source}"
+    return "download the file again from where it was published, or pass weights= another file"
 
 
 def synthetic_tensor(name: str, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -180,21 +216,32 @@ def _from_hub(hub_id: str, filename: str | None, subfolder: str | None, looked: 
         return None
 
 
+# The ways to provide any missing file, after the file's own (copy it into SRKIT_HOME/weights, or download it).
+_OTHER_WAYS = ("pass weights=<path to the file or folder>", "pass weights=<hub id> of a repository in the local Hugging Face cache",
+               "for tests and timing only: weights='synthetic' (seeded random weights)")
+
+
+class _MissingFile(WeightsNotFoundError):
+    """One weights file not found, with its parts kept apart so that :func:`resolve_weights_together` can report
+    several missing files in one message."""
+
+    def __init__(self, what: str, target: str, looked: list[str], fetch: str):
+        self.what, self.target, self.looked, self.fetch = what, target, looked, fetch
+        places = "\n".join(f"  - {place}" for place in looked)
+        super().__init__(f"{what}: cannot find {target}. Looked in:\n{places}\nTo provide it: " + "; or ".join([fetch, *_OTHER_WAYS]))
+
+
 def _not_found(what: str, target: str, looked: list[str], filename: str | None, hub_id: str | None,
-               source: str = "") -> WeightsNotFoundError:
-    places = "\n".join(f"  - {place}" for place in looked)
+               source: str = "", folder: Path | None = None) -> _MissingFile:
+    """The error for a file not found; ``folder``: the folder the user gave, where the file belongs."""
     home = srkit_home() / "weights"
     if hub_id is None:
-        how = [f"copy {filename or target} into {home}" + (f" (it is published at {source})" if source else "")]
+        fetch = f"copy {filename or target} into {folder or home}" + (f" (it is published at {source})" if source else "")
     elif filename is not None:
-        how = [f"download it: hf download {hub_id} {filename} --local-dir {home}"]
+        fetch = f"download it: hf download {hub_id} {filename} --local-dir {home}"
     else:
-        how = [f"download it: hf download {hub_id} (or with --local-dir {home / hub_id.rsplit('/', 1)[-1]})"]
-    how += ["pass weights=<path to the file or folder>", "pass weights=<hub id> of a repository in the local Hugging Face cache",
-            "for tests and timing only: weights='synthetic' (seeded random weights)"]
-    return WeightsNotFoundError(
-        f"{what}: cannot find {target}. Looked in:\n{places}\nTo provide it: " + "; or ".join(how)
-    )
+        fetch = f"download it: hf download {hub_id} (or with --local-dir {home / hub_id.rsplit('/', 1)[-1]})"
+    return _MissingFile(what, target, looked, fetch)
 
 
 def resolve(
@@ -240,7 +287,7 @@ def resolve(
             looked.append(str(candidate))
             if candidate.is_file():
                 return candidate
-        raise _not_found(what, repr(filename), looked, filename, hub_id, source)
+        raise _not_found(what, repr(filename), looked, filename, hub_id, source, folder=path)
     looked.append(f"{path} (no such file or folder)")
     is_hub_id = bool(HUB_ID.match(str(spec)))
     if is_hub_id:
@@ -268,6 +315,44 @@ def resolve_weights(descriptor: MethodDescriptor, role: str, spec: str | os.Path
     return path
 
 
+def resolve_weights_together(
+    descriptor: MethodDescriptor, specs: Mapping[str, str | os.PathLike[str] | None]
+) -> dict[str, Path | Literal["synthetic"]]:
+    """:func:`resolve_weights` of several roles of one method (``role -> spec``), checked as a whole before any is
+    loaded: one file given for two or more roles asks for the folder holding them (instead of a key mismatch when
+    the second role reads the first one's file), and every missing file is named in one error, not one per run."""
+    roles_of_file: dict[str, list[str]] = {}
+    for role, spec in specs.items():
+        if spec is not None and str(spec) != SYNTHETIC and Path(spec).expanduser().is_file():
+            roles_of_file.setdefault(str(spec), []).append(role)
+    for file, roles in roles_of_file.items():
+        if len(roles) > 1:
+            needed = [f"{descriptor.weight_file(role).filename} ({role})" for role in roles]
+            folder = "both files" if len(roles) == 2 else f"all {len(roles)} files"
+            raise ConfigError(
+                f"{descriptor.name}: weights={file} is one file, but {descriptor.name} needs {len(roles)}: "
+                f"{', '.join(needed)}; pass weights=<the folder holding {folder}>"
+            )
+    found: dict[str, Path | Literal["synthetic"]] = {}
+    missing: list[_MissingFile] = []
+    for role, spec in specs.items():
+        try:
+            found[role] = resolve_weights(descriptor, role, spec)
+        except _MissingFile as err:
+            missing.append(err)
+    if len(missing) == 1:
+        raise missing[0]
+    if missing:
+        files = "\n".join(f"  - {err.what}: {err.target}, looked in {', '.join(err.looked)}; to provide it: {err.fetch}"
+                          for err in missing)
+        raise WeightsNotFoundError(
+            f"{descriptor.name}: cannot find {len(missing)} of its weight files:\n{files}\n"
+            "Or pass weights=<a folder holding these files>; for tests and timing only: weights='synthetic' "
+            "(seeded random weights)"
+        )
+    return found
+
+
 def _source_stamp(path: Path) -> str:
     stat = path.stat()
     return f"{stat.st_size}:{stat.st_mtime_ns}"
@@ -282,7 +367,7 @@ def cached_safetensors(path: str | os.PathLike[str], *, component: str | None = 
     path = Path(path).expanduser()
     if path.suffix.lower() == ".safetensors":
         return path
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     from .convert import convert
 
@@ -290,9 +375,12 @@ def cached_safetensors(path: str | os.PathLike[str], *, component: str | None = 
     target = cache_file("converted", f"{path.stem}-{key}.safetensors")
     stamp = _source_stamp(path)
     if target.is_file():
-        with safe_open(str(target), framework="pt") as handle:
-            if (handle.metadata() or {}).get("source_stamp") == stamp:
-                return target
+        try:
+            with safe_open(str(target), framework="pt") as handle:
+                if (handle.metadata() or {}).get("source_stamp") == stamp:
+                    return target
+        except SafetensorError:  # a damaged cache entry is rewritten like a stale one
+            pass
     return convert(path, target, component=component, extra_metadata={"source_stamp": stamp})
 
 
@@ -339,6 +427,29 @@ def load_weights(
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     load_state_dict_strict(model, state, source=what)
     return model
+
+
+_SIZE_MISMATCH = re.compile(r"size mismatch for (?P<key>[^:]+): copying a param with shape torch\.Size\(\[(?P<file>[^\]]*)\]\) "
+                            r"from checkpoint, the shape in current model is torch\.Size\(\[(?P<model>[^\]]*)\]\)")
+_KEY_LIST = re.compile(r"(?P<kind>Missing|Unexpected) key\(s\) in state_dict: (?P<keys>.*?)\.\s*$", re.MULTILINE)
+_MISMATCH_EXAMPLES = 3  # keys quoted from a mismatch report; the count says how many more
+
+
+def summarise_load_error(err: RuntimeError) -> str:
+    """torch's ``load_state_dict`` report (one line per tensor: hundreds for a large network) as one line: how many
+    tensors have other shapes, are missing or are unexpected, with the first few of each."""
+    text = str(err)
+
+    def head(items: list[str]) -> str:
+        more = len(items) - _MISMATCH_EXAMPLES
+        return ", ".join(items[:_MISMATCH_EXAMPLES]) + (f" (+{more} more)" if more > 0 else "")
+
+    mismatches = [f"{m['key']} is ({m['file']}) in the file, ({m['model']}) in the network" for m in _SIZE_MISMATCH.finditer(text)]
+    parts = [f"{len(mismatches)} tensor(s) of another shape: {head(mismatches)}"] * bool(mismatches)
+    for listing in _KEY_LIST.finditer(text):
+        keys = re.findall(r'"([^"]+)"', listing["keys"])
+        parts.append(f"{len(keys)} {listing['kind'].lower()} key(s): {head(keys)}")
+    return "; ".join(parts) or text.splitlines()[0]
 
 
 def load_state_dict_strict(model: nn.Module, state: Mapping[str, Tensor], *, source: str) -> None:

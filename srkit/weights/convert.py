@@ -81,6 +81,15 @@ def convert(
 
 
 def convert_task(cfg: Any) -> None:
-    """The ``srkit convert`` Hydra task (``conf/convert.yaml``): convert one file and print where it went."""
-    target = convert(cfg.source, cfg.output, component=cfg.component)
+    """The ``srkit convert`` Hydra task (``conf/convert.yaml``): check the options, convert one file and print where
+    it went."""
+    from ..errors import ConfigError
+    from ..options import parse_options, path, text
+
+    options = parse_options("convert", cfg, {"source": path(), "output": path(null="next to the source"),
+                                             "component": text(null="none recorded")})
+    if not options["source"].is_file():
+        raise ConfigError(f"source={options['source']} is not a file; pass source=<the official checkpoint "
+                          "(.pth/.pt/.ckpt/.bin/.safetensors)>")
+    target = convert(options["source"], options["output"], component=options["component"])
     print(f"srkit convert: wrote {target.resolve()}")

@@ -284,21 +284,29 @@ class CCSR(DiffusionMethod):
         return self.disc
 
     def _stage2_losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        from ...losses.gan import adaptive_weight, generator_loss
+        """The decoder's loss; the GAN term times the trainer's GAN factor ``batch["gan_factor"]`` (official v2: 0 up
+        to step 100, ``--begin_disc``; conf/train/ccsr_stage2.yaml)."""
+        from ...losses.gan import adaptive_weight, gan_factor, generator_loss
 
         disc = self._require_disc()
         fake = self.sd.vae.decode(self._one_step_latent(batch["lr"]))
         real = batch["hr"] * 2 - 1
-        g_loss = generator_loss(disc(fake), "hinge")
+        factor = gan_factor(batch)
         if self.stage2_recipe == "v2":
-            return {"mse": F.mse_loss(fake, real), "gan": 0.05 * g_loss}
+            gan = 0.05 * factor * generator_loss(disc(fake), "hinge") if factor else fake.new_zeros(())
+            return {"mse": F.mse_loss(fake, real), "gan": gan}
         # LDM's LPIPSWithDiscriminator: L1 + LPIPS, GAN weighted adaptively x 0.5 (weight 0 without gradients)
         nll = (fake - real).abs().mean() + self.lpips((fake + 1) / 2, batch["hr"]).mean()
+        if not factor:
+            return {"nll": nll, "gan": nll.new_zeros(())}
+        g_loss = generator_loss(disc(fake), "hinge")
         last = self.sd.vae.vae.decoder.conv_out.weight
         weight = adaptive_weight(nll, g_loss, last) if nll.requires_grad and last.requires_grad else g_loss.new_zeros(())
-        return {"nll": nll, "gan": 0.5 * weight * g_loss}
+        return {"nll": nll, "gan": 0.5 * factor * weight * g_loss}
 
     def discriminator_losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Hinge loss, HR real and the decoded one-step output fake; the official weight 0.5 (v2 ``--lambda_disc_train``,
+        v1 LDM's ``hinge_d_loss``) is the GAN schedule's ``disc_loss_weight``."""
         from ...losses.gan import discriminator_loss
 
         disc = self._require_disc()

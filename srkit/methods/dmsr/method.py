@@ -236,8 +236,14 @@ class DMSR(DiffusionMethod):
             x_hr = self.sd.vae.encode(hr * 2 - 1)  # X_HR^0
         _, eps_sr, z_sr = self.encode(i_lr, t_hat, context)
         terms = self.image_loss(z_sr, x_hr) if self.image_loss is not None else {}  # Eq. (3): L1, latent LPIPS
-        if self.adversarial is not None:
-            terms.update(self.adversarial(z_sr, x_hr, lr=i_lr))
+        if self.adversarial is not None:  # times the trainer's GAN factor (DM-SR's paper: no delayed start)
+            from ...losses.gan import gan_factor
+
+            factor = gan_factor(batch)
+            if factor:
+                terms.update({k: factor * v for k, v in self.adversarial(z_sr, x_hr, lr=i_lr).items()})
+            else:
+                terms["gan"] = z_sr.new_zeros(())
 
         def eps_model(x: Tensor, t: Tensor) -> Tensor:
             return self.eps(x, t, context)

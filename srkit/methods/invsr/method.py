@@ -27,7 +27,10 @@ window differ, so tiled outputs are close to but not equal to the official ones.
 
 Training (Sec. 3.2.3): only f_w is trained. A start step t is drawn from S = {250, 200, 150, 100},
 x_t = sqrt(abar_t) z_LR + sqrt(1 - abar_t) f_w(LR, t) (Eq. (10)), one UNet step gives x0 (Eq. (9)),
-and Eq. (11) = L2 + 2.0 latent LPIPS + 0.1 hinge GAN (a UNet discriminator) against the HR latent.
+and Eq. (11) = L2 + 2.0 latent LPIPS + 0.1 hinge GAN (a UNet discriminator) against the HR latent. As the official
+``trainer.py``, the discriminator sees the (shifted) start timestep t and the prompt embedding, for the HR latent
+and for x0, and x0 clamped to +-10 (:data:`LATENT_BOUND`). The GAN schedule (start of the generator's GAN term,
+the discriminator's loss weight and LR) is the trainer's (``conf/train/invsr.yaml``, key ``gan``).
 """
 
 from __future__ import annotations
@@ -49,13 +52,14 @@ from ...weights import companion
 from . import DESCRIPTOR
 from .noise_predictor import InvSRNoisePredictor
 
-__all__ = ["LOSS_WEIGHTS", "PROMPT", "START_STEPS", "STEP_TABLE", "InvSR", "PredictedStart"]
+__all__ = ["LATENT_BOUND", "LOSS_WEIGHTS", "PROMPT", "START_STEPS", "STEP_TABLE", "InvSR", "PredictedStart"]
 
 PROMPT = ("Cinematic, high-contrast, photo-realistic, 8k, ultra HD, meticulous detailing, hyper sharpness, "
           "perfect without deformations")  # the official inference prompt
 STEP_TABLE = {1: (200,), 2: (200, 100), 3: (200, 100, 50), 4: (200, 150, 100, 50), 5: (250, 200, 150, 100, 50)}
 START_STEPS = (250, 200, 150, 100)  # S of Sec. 3.2.3: the start steps the predictor is trained for
 LOSS_WEIGHTS = {"l2": 1.0, "lpips_latent": 2.0, "gan": 0.1}  # Eq. (11)
+LATENT_BOUND = 10.0  # the official trainer clamps x0 to [-10, 10] before the discriminator (_Latent_bound)
 
 
 class PredictedStart(StartState):
@@ -79,7 +83,8 @@ class InvSR(DiffusionMethod):
     ``conf/backend/sd_turbo.yaml``, ``predictor_config`` into the noise predictor's arguments (e.g. smaller
     widths for tests). ``color_fix``: none (official default) or wavelet/adain/ycbcr.
     ``for_training`` builds Eq. (11)'s loss networks: ``latent_lpips_weights`` and ``discriminator``
-    (keyword arguments of :class:`srkit.losses.discriminators.UNetDiscriminator`).
+    (keyword arguments of :class:`srkit.losses.discriminators.UNetDiscriminator`; conditioned on the prompt
+    embedding by default, ``cross_attention_dim: null`` drops the prompt).
     Hooks (:mod:`srkit.diffusion`): ``timesteps`` (default: the official :data:`STEP_TABLE`; DM-SR's
     ``EstimatedStart`` picks the start step from the LR), ``start_state`` (default :class:`PredictedStart`),
     ``noise`` and ``mean_correction`` (none). ``sr()`` knobs: ``prompt``, the sampler's ``start_t`` (one of
@@ -131,7 +136,7 @@ class InvSR(DiffusionMethod):
             self._build_losses(companion(latent_lpips_weights, weights), discriminator)
 
     def _build_losses(self, latent_lpips: str | None, discriminator: Mapping[str, Any] | None) -> None:
-        from ...losses.composer import AdversarialTerm, LossComposer
+        from ...losses.composer import LossComposer
         from ...losses.discriminators import UNetDiscriminator
         from ...losses.lpips import LatentLPIPS
 
@@ -139,11 +144,11 @@ class InvSR(DiffusionMethod):
         modules: dict[str, nn.Module] = {}
         if weights["lpips_latent"]:
             modules["lpips_latent"] = LatentLPIPS(self.sd.vae.latent_channels, weights=latent_lpips)
-        if self.loss_weights["gan"]:
-            self.disc = UNetDiscriminator(in_channels=self.sd.vae.latent_channels, **dict(discriminator or {}))
-            weights["gan"] = self.loss_weights["gan"]
-            modules["gan"] = AdversarialTerm(self.disc, "hinge")
-        self.loss = LossComposer({k: v for k, v in weights.items() if v}, modules)
+        if self.loss_weights["gan"]:  # official: conditioned on the timestep and the prompt embedding
+            config = {"cross_attention_dim": self.sd.cross_attention_dim, **dict(discriminator or {})}
+            self.disc = UNetDiscriminator(in_channels=self.sd.vae.latent_channels, **config)
+        weights = {k: v for k, v in weights.items() if v}
+        self.loss = LossComposer(weights, modules) if weights else None
 
     # ------------------------------------------------------------------ the model
 
@@ -190,29 +195,52 @@ class InvSR(DiffusionMethod):
         if not self.for_training:
             raise UnsupportedError("this invsr model was built for inference; build it with for_training=True to train")
 
-    def _predict_hr_latent(self, lr: Tensor) -> Tensor:
-        """One training sample of x0: a start step from S, Eq. (10) with f_w, one UNet step (Eq. (9))."""
+    def _predict_hr_latent(self, lr: Tensor) -> tuple[Tensor, Tensor]:
+        """One training sample of x0: a start step from S, Eq. (10) with f_w, one UNet step (Eq. (9)); returns x0 and
+        the start timesteps t (B,) the UNet saw (the paper's minus 1, as the official trainer)."""
         with torch.no_grad():
             z_lr = self.latent_lr(lr, None)
         index = torch.randint(len(self.start_steps), (lr.shape[0],), device=lr.device)
         t = torch.tensor(self.start_steps, device=lr.device)[index] - 1
         x_t = self.sampler.q_sample(z_lr, t, self.predictor(lr, t))  # Eq. (10)
-        return self.x0(x_t, t, self.sd.prompt_embedding())
+        return self.x0(x_t, t, self.sd.prompt_embedding()), t
+
+    def discriminate(self, z: Tensor, t: Tensor, *, fake: bool) -> list[Tensor]:
+        """The discriminator's logits of latent ``z`` at start timesteps ``t`` with the prompt embedding (official
+        ``trainer.py``); a predicted (``fake``) latent is clamped to +-:data:`LATENT_BOUND` first."""
+        if self.disc is None:
+            raise UnsupportedError("this invsr model has no discriminator (loss weight gan=0)")
+        if fake:
+            z = z.clamp(-LATENT_BOUND, LATENT_BOUND)
+        if not getattr(self.disc, "conditional", False):
+            return self.disc(z, t)
+        return self.disc(z, t, self.sd.prompt_embedding())
 
     def losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Eq. (11) in latent space: L2 + 2.0 latent LPIPS + 0.1 hinge GAN."""
+        """Eq. (11) in latent space: L2 + 2.0 latent LPIPS + 0.1 hinge GAN, the GAN term times the schedule's
+        ``batch["gan_factor"]`` (official: 0 for the first 10k iterations, conf/train/invsr.yaml)."""
+        from ...losses.gan import gan_factor, generator_loss
+
         self._check_training()
         with torch.no_grad():
             z_hr = self.sd.vae.encode(batch["hr"] * 2 - 1)
-        return self.loss(self._predict_hr_latent(batch["lr"]), z_hr)
+        x0, t = self._predict_hr_latent(batch["lr"])
+        terms = self.loss(x0, z_hr) if self.loss is not None else {}
+        if self.disc is not None:
+            factor = gan_factor(batch)
+            weight = self.loss_weights["gan"] * factor
+            terms["gan"] = weight * generator_loss(self.discriminate(x0, t, fake=True), "hinge") if factor else x0.new_zeros(())
+        return terms
 
     def discriminator_losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Hinge loss of the UNet discriminator: HR latent real, predicted latent fake."""
+        """Hinge loss of the UNet discriminator: HR latent real, predicted latent fake (clamped), both at the fake's
+        start timesteps with the prompt; the official halving is the GAN schedule's ``disc_loss_weight``."""
         from ...losses.gan import discriminator_loss
 
         if self.disc is None:
             raise UnsupportedError("this invsr model has no discriminator (loss weight gan=0)")
         with torch.no_grad():
             z_hr = self.sd.vae.encode(batch["hr"] * 2 - 1)
-            fake = self._predict_hr_latent(batch["lr"])
-        return {"discriminator": discriminator_loss(self.disc(z_hr), self.disc(fake), "hinge")}
+            fake, t = self._predict_hr_latent(batch["lr"])
+        real_logits = self.discriminate(z_hr, t, fake=False)
+        return {"discriminator": discriminator_loss(real_logits, self.discriminate(fake, t, fake=True), "hinge")}

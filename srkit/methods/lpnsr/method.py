@@ -12,7 +12,9 @@ evaluates g_w at the last step and discards it; srkit skips that call (no effect
 Training (Algorithm 1, ``train_noise_predictor.py`` v2): the whole 4-step chain unrolled with the frozen
 denoiser and decoder (straight-through quantiser), bicubic y, loss Eq. (12) on the decoded x'_0 in [0, 1]:
 lambda_1 L1 + lambda_l LPIPS-VGG (pixel) + lambda_g hinge GAN of a spectral-norm PatchGAN on the latent x'_0
-(1.0, 1.0, 0.1). The discriminator alternates with g_w (``conf/train/lpnsr.yaml``: ``disc_alternate``).
+(1.0, 1.0, 0.1). When the discriminator starts, how it alternates with g_w and its loss weight are the trainer's GAN
+schedule (``conf/train/lpnsr.yaml``, key ``gan``: :class:`srkit.train.GanSchedule`); the generator's GAN term is
+multiplied by the schedule's factor of the step (``batch["gan_factor"]``, 0 before the start).
 
 Tiling blends tiles smoothly (:func:`srkit.tiling.tiled_apply`) where the official code weights them with a
 Gaussian; the wavelet colour fix runs per tile against the tile's bicubic upsampling (officially once on the
@@ -129,7 +131,7 @@ class LPNSR(ResidualShiftMethod):
     ``color_fix``: colour correction of the output against the bicubic x4 LR (official default ``"wavelet"``).
     ``for_training`` builds the losses of Eq. (12) (``lpips_weights``: torchvision's VGG16 file, or ``"synthetic"``)
     and the latent PatchGAN (``discriminator``: :class:`~srkit.losses.discriminators.PatchGANDiscriminator` arguments);
-    the generator's GAN term is off before step ``gan_start`` (match the trainer's ``disc_start``).
+    the generator's GAN term is off while the trainer's GAN schedule says so (``batch["gan_factor"]``).
     ``noise``: the :class:`PredictedNoise` hook (its ``sr()`` knobs: ``noise_predictor``, ``gaussian_noise_at``);
     ``mean_correction``: any guidance hook by config, e.g. PG-ResShift's posterior guidance.
     """
@@ -150,21 +152,18 @@ class LPNSR(ResidualShiftMethod):
         loss_weights: Mapping[str, float] | None = None,
         lpips_weights: str | None = None,
         discriminator: Mapping[str, Any] | None = None,
-        gan_start: int = 0,
         noise: NoiseHook | None = None,
         mean_correction: MeanCorrectionHook | None = None,
     ):
         super().__init__(4, weights, dtype, unet_config, autoencoder_config, noise=noise if noise is not None else PredictedNoise(),
-                         mean_correction=mean_correction, color_fix=color_fix)
-        from ...weights import resolve_weights
-
-        predictor_file = resolve_weights(self.descriptor, "noise_predictor", noise_predictor_weights or weights)
+                         mean_correction=mean_correction, color_fix=color_fix,
+                         companion_weights={"noise_predictor": noise_predictor_weights or weights})
         self.noise_predictor: SwinUNetNoisePredictor = SwinUNetNoisePredictor.from_pretrained(
-            predictor_file, dtype=dtype, **backend_config("lpnsr_noise_predictor", predictor_config)
+            self.companion_weights["noise_predictor"], dtype=dtype, **backend_config("lpnsr_noise_predictor", predictor_config)
         )
         self.noise_predictor.requires_grad_(False)
         self.pre_upsampler = None if pre_upsampler is None else load_pre_upsampler(pre_upsampler).to(dtype)
-        self.for_training, self.gan_start = for_training, int(gan_start)
+        self.for_training = for_training
         if for_training:
             self._build_losses({"l1": 1.0, "lpips": 1.0, "gan": 0.1, **(loss_weights or {})}, lpips_weights, discriminator)
 
@@ -220,17 +219,23 @@ class LPNSR(ResidualShiftMethod):
         return z_0, image[..., : self.scale * lr.shape[-2], : self.scale * lr.shape[-1]]
 
     def losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Eq. (12) on one batch of ``lr`` (B, 3, h, w) and ``hr`` (B, 3, 4h, 4w) in [0, 1]."""
+        """Eq. (12) on one batch of ``lr`` (B, 3, h, w) and ``hr`` (B, 3, 4h, 4w) in [0, 1]; the GAN term times the
+        schedule's ``batch["gan_factor"]`` (0 before the discriminator starts: official, the same epoch test)."""
+        from ...losses.gan import gan_factor
+
         self._check_training()
         z_0, image = self.unroll(batch["lr"])
         terms = self.pixel_loss(image, batch["hr"])
-        step = int(batch["step"]) if "step" in batch else self.gan_start
-        if step >= self.gan_start:
-            terms.update(self.gan_loss(z_0, z_0))  # the generator term reads only D(z_0)
+        factor = gan_factor(batch)
+        if factor:
+            terms.update({k: factor * v for k, v in self.gan_loss(z_0, z_0).items()})  # the generator term reads only D(z_0)
+        else:
+            terms["gan"] = z_0.new_zeros(())
         return terms
 
     def discriminator_losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Hinge loss of the latent PatchGAN: real = encode(HR), fake = the unrolled chain's x'_0 (no gradient to g_w)."""
+        """Hinge loss of the latent PatchGAN: real = encode(HR), fake = the unrolled chain's x'_0 (no gradient to g_w);
+        the official halving (``(d_real + d_fake) / 2``) is the GAN schedule's ``disc_loss_weight``."""
         from ...losses.gan import discriminator_loss
 
         self._check_training()

