@@ -35,6 +35,8 @@ Tiling = Literal["supported", "discouraged", "internal"]
 
 # The decoder tile of the sr() call in progress (None: untiled decoding); read by SRMethod.decode_latents.
 _DECODER_TILE: ContextVar[int | None] = ContextVar("srkit_decoder_tile", default=None)
+# Whether the sr() call in progress shows progress bars; read by Sampler.sample for its bar over the steps.
+_PROGRESS: ContextVar[bool] = ContextVar("srkit_progress", default=False)
 
 
 @dataclass(frozen=True)
@@ -170,14 +172,17 @@ class _Call:
     stack: Callable[[Tensor], Tensor]  # the LR with the image-valued knobs stacked on its channels
     fix: ColorFix
     decoder_tile: int | None
+    progress: bool
 
     @contextmanager
-    def decoding(self) -> Iterator[None]:
-        token = _DECODER_TILE.set(self.decoder_tile)
+    def running(self) -> Iterator[None]:
+        """The call's settings that the method's pieces read (the decoder tile, progress bars) set while it runs."""
+        tile, progress = _DECODER_TILE.set(self.decoder_tile), _PROGRESS.set(self.progress)
         try:
             yield
         finally:
-            _DECODER_TILE.reset(token)
+            _PROGRESS.reset(progress)
+            _DECODER_TILE.reset(tile)
 
 
 class SRMethod(nn.Module, ABC):
@@ -265,11 +270,11 @@ class SRMethod(nn.Module, ABC):
                                   decoder_tile=decoder_tile, color_fix=color_fix, progress=progress, **knobs),
                 start=start, side=max(lr.shape[-2:]), minimum=minimum, device=self.device)
         call = self._prepare_call(lr, steps=steps, seed=seed, tile=tile, decoder_tile=decoder_tile, color_fix=color_fix,
-                                  knobs=knobs)
+                                  progress=progress, knobs=knobs)
         in_dtype, in_device = lr.dtype, lr.device
         lr = lr.to(self.device, self.dtype)
         stacked = call.stack(lr)
-        with call.decoding():
+        with call.running():
             if tile is None:
                 out = apply_padded(call.run, stacked, scale=self.scale, multiple=self.size_multiple)
             else:
@@ -311,7 +316,7 @@ class SRMethod(nn.Module, ABC):
         source = lr if not isinstance(lr, Tensor) else TensorSource(check_image_tensor(lr))
         height, width = source.shape[-2:]
         call = self._prepare_call(None, steps=steps, seed=seed, tile=tile, decoder_tile=decoder_tile, color_fix=color_fix,
-                                  knobs={})
+                                  progress=progress, knobs={})
         if call.fix == "adain":
             raise UnsupportedError(
                 "color_fix=adain needs the statistics of the whole output, which sr_rows never holds; "
@@ -327,7 +332,7 @@ class SRMethod(nn.Module, ABC):
         def reference(first: int, last: int) -> Tensor:  # rows of bicubic_upsample(lr), as sr()'s colour fix uses
             return bicubic_upsample_rows(lr_rows, first, last, scale=self.scale, height=height).clamp(0, 1)
 
-        with call.decoding():
+        with call.running():
             rows = tiled_rows(call.run, source, scale=self.scale, tile=tile, overlap=tile_overlap, multiple=self.size_multiple,
                               batch_size=tile_batch, progress=progress, crop=crop)
             for first, band in color_fix_rows(((f, b.to("cpu", torch.float32)) for f, b in rows), reference, call.fix,
@@ -335,7 +340,7 @@ class SRMethod(nn.Module, ABC):
                 yield first, band.clamp_(0, 1)
 
     def _prepare_call(self, lr: Tensor | None, *, steps: int | None, seed: int | None, tile: int | None,
-                      decoder_tile: int | None, color_fix: ColorFix | None, knobs: dict[str, Any]) -> _Call:
+                      decoder_tile: int | None, color_fix: ColorFix | None, progress: bool, knobs: dict[str, Any]) -> _Call:
         """What :meth:`sr` and :meth:`sr_rows` check before any model runs, and the function they run on (tiles of) the LR."""
         from .ops.color import check_color_fix
 
@@ -364,7 +369,7 @@ class SRMethod(nn.Module, ABC):
             out = self._sr(self.to_model_range(x[:, :3]), steps=steps, generator=generator, **call_knobs)
             return self.from_model_range(out)
 
-        return _Call(run=run, stack=stack, fix=fix, decoder_tile=decoder_tile)
+        return _Call(run=run, stack=stack, fix=fix, decoder_tile=decoder_tile, progress=progress)
 
     def _check_output(self, out: Tensor, lr_shape: torch.Size) -> None:
         expected = (lr_shape[0], 3, self.scale * lr_shape[-2], self.scale * lr_shape[-1])
@@ -537,13 +542,16 @@ class Sampler(ABC):
     ) -> Tensor:
         """Run the chain over ``timesteps`` (default: :meth:`timesteps`) from ``x_start`` (default: the
         :meth:`prior` of ``y`` at the first visited timestep, from ``generator``)."""
+        from tqdm.auto import tqdm
+
         ts = self.timesteps() if timesteps is None else [int(t) for t in timesteps]
         if x_start is None:
             if y is None:
                 raise UnsupportedError("sample() needs y (the condition) or x_start")
             x_start = self.prior(y, torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype), ts[0])
         x = x_start
-        for t, t_prev in zip(ts, [*ts[1:], -1]):
+        steps = zip(ts, [*ts[1:], -1])
+        for t, t_prev in tqdm(steps, total=len(ts), desc="steps", unit="step", leave=False, disable=not _PROGRESS.get()):
             x0_pred = denoise(x, t)
             noise = self.noise(x, t=t, t_prev=t_prev, x0_pred=x0_pred, generator=generator) if t_prev >= 0 else torch.zeros_like(x)
             x = self.step(x, t, t_prev, x0_pred, noise)

@@ -73,3 +73,23 @@ def test_bad_tensors_are_explained(value, match):
 
 def test_single_image_gets_a_batch_axis():
     assert check_image_tensor(torch.rand(3, 5, 6)).shape == (1, 3, 5, 6)
+
+
+def test_sr_progress_shows_a_bar_over_the_sampler_steps(capsys):
+    from srkit.types import MethodDescriptor, SRMethod
+
+    class Chain(SRMethod):
+        descriptor = MethodDescriptor(name="chain", title="a toy chain", paper="(test)", scale=1, steps=(3,))
+
+        def __init__(self):
+            super().__init__(scale=1)
+            self.sampler = HalfwaySampler()
+
+        def _sr(self, lr, *, steps, generator, **knobs):
+            return self.sampler.sample(lambda x, t: x, lr, generator=generator).clamp(0, 1)
+
+    lr = torch.rand(1, 3, 4, 4)
+    Chain().sr(lr, seed=0)
+    assert "steps" not in capsys.readouterr().err
+    Chain().sr(lr, seed=0, progress=True)
+    assert "steps:   0%|          | 0/3" in capsys.readouterr().err  # a bar over the 3 steps (tqdm redraws it lazily)
