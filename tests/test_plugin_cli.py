@@ -152,7 +152,8 @@ def test_sr_help_aligns_each_option_with_its_comment(capsys):
     lines = capsys.readouterr().out.splitlines()
     tile = next(line for line in lines if line.lstrip().startswith("tile="))
     overlap = next(line for line in lines if line.lstrip().startswith("tile_overlap="))
-    assert tile.split(maxsplit=1) == ["tile=null", "tile size in LR pixels; null processes whole images"]
+    comment = "tile size in LR pixels; null processes whole images; auto: from free memory, halved on OOM"
+    assert tile.split(maxsplit=1) == ["tile=null", comment]
     assert tile.index("tile size") == overlap.index("LR pixels")
     method = next(line for line in lines if line.lstrip().startswith("method="))
     assert method.split()[0] == "method=bicubic" and "`srkit list`" in method
