@@ -198,23 +198,22 @@ def tiled_rows(
     band: Tensor | None = None  # rows [band_top, band_top + tile_out_h) of the weighted sum, on fn's device
     band_top, out_dtype = 0, torch.float32
     for index, top in enumerate(tops):
-        boxes = [(top, left) for left in lefts]
-        for first in range(0, len(boxes), batch_size):
-            group = boxes[first : first + batch_size]
-            crops = torch.cat([crop(x, t, left, tile_h, tile_w) for t, left in group])
+        rows = row_ramps[index]
+        for first in range(0, len(lefts), batch_size):
+            group = range(first, min(first + batch_size, len(lefts)))  # column indices of the tiles run together
+            crops = torch.cat([crop(x, top, lefts[j], tile_h, tile_w) for j in group])
             results = apply_padded(fn, crops, scale=scale, multiple=multiple)
             if band is None:
                 out_dtype = results.dtype
                 accumulate = torch.float64 if out_dtype == torch.float64 else torch.float32
                 band = torch.zeros(batch, results.shape[1], tile_out_h, out_w, device=results.device, dtype=accumulate)
                 row_total, col_total = row_total.to(results.device, accumulate), col_total.to(results.device, accumulate)
-            offset = round(top * scale) - band_top
-            rows = row_ramps[index].to(band)
-            for k, (_, left) in enumerate(group):
-                o_left = round(left * scale)
-                window = rows[:, None] * col_ramps[lefts.index(left)].to(band)[None, :]
+            # The band starts at this row of tiles' top: the previous row moved it there.
+            for k, j in enumerate(group):
+                o_left = round(lefts[j] * scale)
+                window = rows.to(band)[:, None] * col_ramps[j].to(band)[None, :]
                 tile_out = results[k * batch : (k + 1) * batch].to(band)
-                band[..., offset : offset + tile_out_h, o_left : o_left + tile_out_w] += tile_out * window
+                band[..., :, o_left : o_left + tile_out_w] += tile_out * window
             bar.update(len(group))
         assert band is not None
         done = out_h if index + 1 == len(tops) else round(tops[index + 1] * scale)  # rows no later tile reaches
