@@ -12,6 +12,7 @@ BUILT_IN_METHODS = ("bicubic", "realesrgan", "resshift", "pg_resshift", "lpnsr",
 for _kind, _name, _target, _descriptor in [
     ("sampler", "residual_shift", "srkit.samplers.residual_shift:ResidualShiftSampler", None),
     ("sampler", "ddpm", "srkit.samplers.ddpm:DDPMSampler", None),
+    ("sampler", "ddim", "srkit.samplers.ddpm:DDPMSampler", None),  # conf/sampler/ddim.yaml: eta 0
     ("sampler", "renoise", "srkit.samplers.ddpm:DDPMSampler", None),  # conf/sampler/renoise.yaml: renoise true
     ("sampler", "nonuniform", "srkit.samplers.nonuniform:NonUniformSampler", None),
     ("backend", "resshift_unet_v3", "srkit.backends.swin_unet:UNetModelSwin", None),

@@ -129,7 +129,7 @@ def _sr_task(cfg: Any) -> None:
 def _demo_task(cfg: Any) -> None:
     from .demo import run_demo
 
-    paths = run_demo(output=Path(cfg.output), methods=list(cfg.methods), device=cfg.device, tile=cfg.tile)
+    paths = run_demo(output=Path(cfg.output), methods=list(cfg.methods), zoo=list(cfg.zoo), device=cfg.device, tile=cfg.tile)
     print("srkit demo: results written:")
     for name, path in paths.items():
         print(f"  {name:<12} {path.resolve()}")
@@ -173,11 +173,13 @@ def _convert_task(cfg: Any) -> None:
 
 def _list_methods() -> None:
     from . import describe, list_methods
+    from .zoo import METHOD_PARTS
 
     for name in list_methods():
         d = describe(name)
         steps = "-" if d.steps is None else ",".join(map(str, d.steps))
-        print(f"{name:<14} x{d.scale}  steps {steps:<10} {', '.join(d.dtypes):<36} {d.title}")
+        zoo = "zoo" if name in METHOD_PARTS else "-"  # small weights trained here: weights=zoo (srkit.zoo)
+        print(f"{name:<14} x{d.scale}  steps {steps:<16} {', '.join(d.dtypes):<36} {zoo:<4} {d.title}")
 
 
 TASKS: dict[str, Callable[[Any], None]] = {

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .zoo import ZOO
+
 ASSET = "astronaut.png"
 
 
@@ -40,9 +42,12 @@ def side_by_side(panels: dict[str, Tensor]) -> Tensor:
 
 
 def run_demo(
-    output: Path, methods: list[str], *, device: str = "auto", tile: int | None = None
+    output: Path, methods: list[str], *, zoo: list[str] = (), device: str = "auto", tile: int | None = None
 ) -> dict[str, Path]:
-    """Write LR, HR, each method's result and ``comparison.png`` into ``output``; returns the paths."""
+    """Write LR, HR, each method's result and ``comparison.png`` into ``output``; returns the paths.
+
+    ``zoo``: methods also run with ``weights="zoo"`` (:mod:`srkit.zoo`: small models trained here on eight photos),
+    written as ``<method>-zoo.png`` and labelled as such."""
     import torch.nn.functional as F
 
     from . import load
@@ -54,11 +59,13 @@ def run_demo(
     lr = degradation(hr)
     paths = {"lr": write_image(output / "lr.png", lr[0]), "hr": write_image(output / "hr.png", hr[0])}
     panels = {"LR (nearest x4)": F.interpolate(lr, scale_factor=degradation.scale, mode="nearest")[0]}
-    for name in methods:
-        model = load(name, device=device)
+    runs = [(name, None, name, name) for name in methods]
+    runs += [(name, ZOO, f"{name}-zoo", f"{name} (zoo: small, 8 photos)") for name in zoo]
+    for name, weights, key, caption in runs:
+        model = load(name, weights=weights, device=device)
         sr = model.sr(lr, seed=0, tile=tile)
-        paths[name] = write_image(output / f"{name}.png", sr[0])
-        panels[f"{name}  {psnr(sr, hr):.2f} dB"] = sr[0]
+        paths[key] = write_image(output / f"{key}.png", sr[0])
+        panels[f"{caption}  {psnr(sr, hr):.2f} dB"] = sr[0]
     panels["HR"] = hr[0]
     paths["comparison"] = write_image(output / "comparison.png", side_by_side(panels))
     return paths

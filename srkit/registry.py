@@ -26,6 +26,7 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
+from . import zoo
 from .errors import ConfigError, UnknownNameError, UnsupportedError
 from .types import MethodDescriptor
 
@@ -49,19 +50,24 @@ class Entry:
     def default_config(self) -> dict[str, Any]:
         """The defaults (with ``_target_``) of :func:`default_config_source`, its Hydra ``defaults`` list resolved."""
         config, path = default_config_source(self)
-        return config if path is None else _with_defaults(config, where=str(path))
+        return config if path is None else _with_defaults(config, where=str(path), kind=self.kind)
 
 
-def _with_defaults(config: dict[str, Any], *, where: str) -> dict[str, Any]:
-    """Resolve a Hydra ``defaults`` list without Hydra, for the one form srkit's YAMLs use.
+def _with_defaults(config: dict[str, Any], *, where: str, kind: str) -> dict[str, Any]:
+    """Resolve a Hydra ``defaults`` list without Hydra, for the two forms srkit's YAMLs use.
 
     ``- /sampler@_global_.sampler: ddpm`` (in a method YAML) puts ``conf/sampler/ddpm.yaml`` at the
     top-level key ``sampler`` of the composed CLI config (so ``sampler.start_t=200`` overrides it);
     here, for ``srkit.load``, it becomes the method's ``sampler`` constructor argument.
+    ``- ddpm`` (in a file of the same group, before ``_self_``) starts from that config: the file holds only what
+    it changes (e.g. ``conf/sampler/ddim.yaml``: ``eta: 0``).
     """
     defaults = config.pop("defaults", None) or []
     for entry in defaults:
         if entry == "_self_":
+            continue
+        if isinstance(entry, str):
+            config = merge_config(REGISTRIES[kind].get(entry).default_config(), config)
             continue
         key, option = next(iter(entry.items())) if isinstance(entry, Mapping) and len(entry) == 1 else ("", "")
         group, _, package = str(key).lstrip("/").partition("@_global_.")
@@ -276,11 +282,21 @@ def build_method(
         if "sampler" not in inspect.signature(factory).parameters:
             raise ConfigError(f"{name} has no sampler settings; drop the sampler.* overrides")
         config = merge_config(config, {"sampler": sampler})
+    zoo_parts = None
+    if zoo.is_zoo(weights):  # srkit-zoo: built on seeded random weights, then the zoo's parts loaded over them
+        method_name = factory.descriptor.name
+        zoo_parts = zoo.parts(str(weights), method_name)
+        defaults = METHODS.get(method_name).default_config()
+        # The zoo's network configs fill the keys the caller left at the method's defaults.
+        config = {**config, **{key: value for key, value in zoo.part_config(zoo_parts).items()
+                               if config.get(key) == defaults.get(key)}}
     if "weights" in inspect.signature(factory).parameters:
-        extra["weights"] = None if weights is None else str(weights)
+        extra["weights"] = None if weights is None else "synthetic" if zoo_parts is not None else str(weights)
     elif weights not in (None, "synthetic"):
         raise ConfigError(f"{name} has no weights to load; drop weights={weights!r}")
     model = instantiate(config, where=f"method {name!r}", **extra)
+    if zoo_parts is not None:
+        zoo.load_parts(model, zoo_parts)
     model.config, model.base_weights = dict(config), None if weights is None else str(weights)  # for save_pretrained
     descriptor: MethodDescriptor = model.descriptor
     torch_dtype = _parse_dtype(dtype) if dtype is not None else torch.float32

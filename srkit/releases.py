@@ -10,6 +10,7 @@ from .types import WeightFile
 __all__ = [
     "RESIDUAL_SHIFT_PIPELINE",
     "RESSHIFT_AUTOENCODER",
+    "RESSHIFT_V1_S15_DENOISER",
     "RESSHIFT_V2_S15_DENOISER",
     "RESSHIFT_V3_DENOISER",
     "SD_TURBO",
@@ -21,8 +22,10 @@ S_LAB_LICENCE = "S-Lab License 1.0 (non-commercial), as the authors' InvSR"
 _RESSHIFT_RELEASE = "https://github.com/zsyOAOA/ResShift/releases/download/v2.0/"
 RESSHIFT_V3_DENOISER = WeightFile("denoiser", "resshift_realsrx4_s4_v3.pth", source=_RESSHIFT_RELEASE + "resshift_realsrx4_s4_v3.pth",
                                   licence=S_LAB_LICENCE)
-RESSHIFT_V2_S15_DENOISER = WeightFile("denoiser-s15", "resshift_realsrx4_s15_v2.pth",  # v1: pass its file as weights
+RESSHIFT_V2_S15_DENOISER = WeightFile("denoiser-s15", "resshift_realsrx4_s15_v2.pth",
                                       source=_RESSHIFT_RELEASE + "resshift_realsrx4_s15_v2.pth", licence=S_LAB_LICENCE)
+RESSHIFT_V1_S15_DENOISER = WeightFile("denoiser-s15-v1", "resshift_realsrx4_s15_v1.pth",  # 300k iterations; v2: 500k
+                                      source=_RESSHIFT_RELEASE + "resshift_realsrx4_s15_v1.pth", licence=S_LAB_LICENCE)
 RESSHIFT_AUTOENCODER = WeightFile("autoencoder", "autoencoder_vq_f4.pth", source=_RESSHIFT_RELEASE + "autoencoder_vq_f4.pth",
                                   licence=S_LAB_LICENCE)
 SD_TURBO = WeightFile("sd_turbo", "stabilityai/sd-turbo", source="https://huggingface.co/stabilityai/sd-turbo",

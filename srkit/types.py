@@ -414,6 +414,12 @@ class SRMethod(nn.Module, ABC):
         """The modules this method trains, by name (empty when nothing is trained)."""
         return {}
 
+    def learned_modules(self) -> dict[str, nn.Module]:
+        """The modules the method's training learns, by name, however it was built: what its paper counts as its
+        parameters (benchmarks' ``params_m``; ``total_params_m`` counts every parameter). By default every module
+        it holds; a method on a frozen prior names only what it learns (e.g. InvSR's noise predictor)."""
+        return dict(self.named_children())
+
     def save_pretrained(self, folder: str | os.PathLike[str], *, modules: Mapping[str, nn.Module] | None = None,
                         ema: Mapping[str, nn.Module] | None = None) -> Path:
         """Write the config the method was built from and one safetensors file per trained module (default:

@@ -48,7 +48,7 @@ def tables_dir(tmp_path):
 
 
 def test_every_paper_table_spec_loads():
-    tables = load_tables(ROOT / "benchmarks" / "tables")
+    tables = load_tables(ROOT / "srkit" / "metrics" / "tables")
     papers = {t.id.rsplit("_table", 1)[0] for t in tables}
     assert papers == {"ccsr", "dmsr", "invsr", "lpnsr", "pg_resshift"}
     assert len(tables) == 22
@@ -60,12 +60,29 @@ def test_every_paper_table_spec_loads():
     assert len(ccsr.seeds) == 10 and "l_std" in ccsr.metrics
 
 
+def test_rows_run_the_protocol_of_their_paper():
+    """Protocol details that change the numbers, each from its source."""
+    tables = {t.id: t for t in load_tables()}
+    # LPNSR README: "the results in the paper were obtained with noise_predictor.pth" (v1), not the v2 file
+    # configs/inference.yaml loads.
+    for table in (t for name, t in tables.items() if name.startswith("lpnsr_")):
+        assert all(r.load.get("predictor_version") == "v1" for r in table.rows if r.method == "lpnsr"), table.id
+    # InvSR README: the wavelet colour fix reproduces the ImageNet-Test and RealSR numbers (Table 2 = Table 1's {200}).
+    assert all(r.load.get("color_fix") == "wavelet" for r in tables["invsr_table2"].rows if r.method == "invsr")
+    # PG-ResShift Table 2: "ResShift-4s or ResShift-15s": the s15 rows load a 15-step checkpoint.
+    s15 = [r for r in tables["pg_resshift_table2"].rows if r.label == "Resshift(s15)"]
+    assert len(s15) == 2 and all(r.load == {"steps": 15} and "steps" not in r.sr for r in s15)
+    # DM-SR Sec. 4.1: "all metrics are evaluated in the standard RGB space, except for SSIM ... on the luminance (Y)".
+    for name in ("dmsr_table2", "dmsr_table9"):
+        assert "psnr-rgb" in tables[name].metrics and "psnr" not in tables[name].metrics and "ssim" in tables[name].metrics
+
+
 def test_bad_spec_is_a_config_error(tmp_path):
     (tmp_path / "bad.yaml").write_text(TABLE.replace("params_m, musiq]", "params_m, musiqq]"))
     with pytest.raises(ConfigError, match="unknown column 'musiqq'"):
         load_tables(tmp_path)
     with pytest.raises(ConfigError, match="unknown tables"):
-        load_tables(ROOT / "benchmarks" / "tables", ["nope"])
+        load_tables(ROOT / "srkit" / "metrics" / "tables", ["nope"])
 
 
 def test_harness_writes_tables_with_measured_values_and_reasons(tables_dir, tmp_path, monkeypatch):
@@ -137,7 +154,7 @@ def test_two_processes_gather_the_single_process_result(tables_dir, tmp_path):
 def test_acceptance_mini_bicubic_writes_every_table(tmp_path):
     result = _run([sys.executable, "benchmarks/run_all.py", "--mini", "--methods", "bicubic", "--out", str(tmp_path)])
     assert result.returncode == 0, result.stderr
-    ids = [p.stem for p in (ROOT / "benchmarks" / "tables").glob("*.yaml")]
+    ids = [p.stem for p in (ROOT / "srkit" / "metrics" / "tables").glob("*.yaml")]
     for table in ids:
         text = (tmp_path / f"{table}.md").read_text()
         assert "bicubic (srkit)" in text and "n/a[^" in text

@@ -19,6 +19,13 @@ def test_demo_writes_results_and_comparison(tmp_path):
         assert grid.size == (3 * 384, 384 + 18)
 
 
+def test_demo_shows_the_zoo_models_labelled_as_such(tmp_path):
+    paths = run_demo(tmp_path, ["bicubic"], zoo=["resshift"], device="cpu")
+    assert set(paths) == {"lr", "hr", "bicubic", "resshift-zoo", "comparison"}
+    with Image.open(paths["resshift-zoo"]) as sr, Image.open(paths["comparison"]) as grid:
+        assert sr.size == (384, 384) and grid.size == (4 * 384, 384 + 18)
+
+
 @pytest.mark.slow
 def test_demo_with_real_weights_writes_all(tmp_path):
     paths = run_demo(tmp_path, ["bicubic", "realesrgan"], device="cpu")

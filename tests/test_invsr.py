@@ -87,6 +87,30 @@ def test_alg1_equals_diffusers_schedulers(steps, eta):
     torch.testing.assert_close(model.sr(lr, steps=steps, seed=7), expected, atol=1e-5, rtol=0)
 
 
+def test_learned_parameters_are_the_predictor_alone(model):
+    """InvSR Table 2 counts 33.84 M: the noise predictor, not the frozen SD-Turbo around it (benchmarks' params_m
+    sums learned_modules(); total_params_m every parameter)."""
+    def count(module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    assert set(model.learned_modules()) == {"predictor"}
+    assert count(model) == count(model.predictor) + count(model.sd)
+
+
+def test_the_default_sampler_is_the_official_euler_one(model):
+    """InvSR's paper numbers come from the official Euler sampler; srkit.load("invsr") and `srkit sr method=invsr`
+    compose conf/sampler/ddim.yaml (eta 0), which equals it."""
+    from diffusers import EulerDiscreteScheduler
+
+    assert model.sampler.eta == 0.0
+    assert srkit.registry.METHODS.get("invsr").default_config()["sampler"]["eta"] == 0.0
+    scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                       beta_schedule="scaled_linear", final_sigmas_type="zero")
+    lr = lr_image()
+    torch.testing.assert_close(model.sr(lr, steps=3, seed=7), reference_alg1(model, lr, list(STEP_TABLE[3]), 7, scheduler),
+                               atol=1e-5, rtol=0)
+
+
 def test_steps_1_to_5_are_deterministic_per_seed_and_follow_the_official_table(model):
     lr = lr_image(8)
     outs = []

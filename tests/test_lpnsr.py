@@ -34,6 +34,24 @@ def tiny() -> LPNSR:
     return model
 
 
+def test_official_power_of_two_padding_is_the_default_and_equals_padding_by_hand():
+    """The official inference reflect-pads the (multiple-padded) LR on to powers of two; the VQ mid-block attention is
+    global, so it changes every pixel, not only the border."""
+    import torch.nn.functional as F
+
+    from srkit.tiling import pad_to_multiple
+
+    model = srkit.load("lpnsr", weights="synthetic", color_fix="none", **TINY)
+    assert model.power_of_two_padding
+    assert model.size_multiple == 64
+    lr = torch.rand(1, 3, 136, 72, generator=torch.Generator().manual_seed(0))  # -> 192 x 128 (multiple 64) -> 256 x 128
+    out = model.sr(lr, seed=3)
+    unpadded = srkit.load("lpnsr", weights="synthetic", color_fix="none", power_of_two_padding=False, **TINY)
+    by_hand = unpadded.sr(F.pad(pad_to_multiple(lr, 64), (0, 0, 0, 64), mode="reflect"), seed=3)[..., :544, :288]
+    torch.testing.assert_close(out, by_hand, atol=1e-6, rtol=0)
+    assert (out - unpadded.sr(lr, seed=3)).abs().amax() > 1e-4
+
+
 @pytest.mark.slow
 def test_official_pipeline_float64(monkeypatch):
     """Sec. 8 golden (4 steps, PreSet-A, no colour fix) with full-size synthetic float64 weights and the recorded

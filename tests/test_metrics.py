@@ -88,6 +88,33 @@ def test_psnr_ssim_equal_pyiqa_on_srkit_mini():
         assert ssim(sr, hr).item() == pytest.approx(s(sr, hr).item(), abs=1e-4)
 
 
+def test_original_ssim_equals_scikit_image_on_the_full_range_luma_and_differs_from_the_papers_y():
+    """``ssim-yiq`` is Wang et al.'s SSIM on the grey image 0.299R + 0.587G + 0.114B (0..255, rounded): scikit-image's
+    independent implementation with the paper's Gaussian window (sigma 1.5, population covariance) gives the same."""
+    skimage_metrics = pytest.importorskip("skimage.metrics")
+    mini = pytest.importorskip("srkit.data.mini", reason="srkit-mini not available")
+    from srkit.ops.resize import imresize
+
+    gaps = []
+    for pair in mini.mini_pairs("bicubic", 4, 256)[:3]:
+        sr, hr = imresize(pair.lr[None], scale=4).clamp(0, 1), pair.hr[None]
+        grey = [np.round(to_np(x[0]) @ np.array([0.299, 0.587, 0.114]) * 255) for x in (sr, hr)]
+        want = skimage_metrics.structural_similarity(*grey, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                                     data_range=255)
+        got = iqa.get_metric("ssim-yiq", crop_border=0)(sr, hr).item()
+        assert got == pytest.approx(want, abs=1e-6)
+        gaps.append(abs(got - iqa.get_metric("ssim", crop_border=0)(sr, hr).item()))
+    assert max(gaps) > 1e-3  # the two definitions are not interchangeable: a table names the one it means
+
+
+def test_psnr_rgb_is_over_the_three_channels():
+    sr, hr = pairs(n=2)
+    got = iqa.get_metric("psnr-rgb", crop_border=2)(sr, hr)
+    mse = ((sr - hr)[..., 2:-2, 2:-2].double() ** 2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(got, 10 * torch.log10(1 / (mse + 1e-8)))
+    assert not torch.allclose(got, psnr(sr, hr, crop_border=2))
+
+
 def test_known_values():
     hr = torch.full((1, 3, 24, 24), 0.5)
     assert ssim(hr, hr).item() == pytest.approx(1.0)

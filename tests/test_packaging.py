@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import tomllib
 
+from srkit import zoo
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -56,7 +58,10 @@ def test_wheel_install_finds_configs(tmp_path):
     )
     wheel = next(tmp_path.glob("srkit-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for required in ["srkit/conf/sr.yaml", "srkit/conf/method/bicubic.yaml", "srkit/assets/astronaut.png", "srkit/cli.py"]:
+    zoo_files = [f"srkit/zoo/{part.file}" for part in zoo._manifest().values()]
+    for required in ["srkit/conf/sr.yaml", "srkit/conf/method/bicubic.yaml", "srkit/conf/train/zoo-resshift.yaml",
+                     "srkit/metrics/tables/invsr_table2.yaml",
+                     "srkit/assets/astronaut.png", "srkit/cli.py", "srkit/zoo/zoo.yaml", *zoo_files]:
         assert required in names
     assert not any(n.startswith("conf/") for n in names)
 
@@ -73,6 +78,17 @@ def test_wheel_install_finds_configs(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
     ).stdout
     assert str(venv) in where
+    zoo_model = subprocess.run(  # the zoo's weights ship inside the wheel, sha256 checked at load
+        [str(python), "-c", "import srkit; print(type(srkit.load('resshift', weights='zoo').autoencoder).__name__)"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+    ).stdout
+    assert "VQModelTorch" in zoo_model
+    bench = subprocess.run(  # the table specs ship too: `srkit bench` runs from the wheel alone
+        [str(venv / "bin" / "srkit"), "bench", "+bench=mini", "methods=[bicubic]", "tables=[lpnsr_table4]", "out=bench",
+         "progress=false"], cwd=tmp_path, env=env, capture_output=True, text=True,
+    )
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    assert (tmp_path / "bench" / "lpnsr_table4.md").is_file()
 
 
 # What only training, the SD prompt encoder, metrics, plots or the benchmark photos need (pyproject extras).

@@ -111,7 +111,8 @@ def test_third_party_method_through_entry_points(tmp_path):
 
 
 def test_sampler_defaults_entry_and_deep_merge():
-    config = _with_defaults({"_target_": "m.M", "defaults": [{"/sampler@_global_.sampler": "ddpm"}, "_self_"]}, where="m.yaml")
+    config = _with_defaults({"_target_": "m.M", "defaults": [{"/sampler@_global_.sampler": "ddpm"}, "_self_"]}, where="m.yaml",
+                            kind="method")
     assert "defaults" not in config
     assert config["sampler"]["_target_"] == "srkit.samplers.ddpm.DDPMSampler"
     merged = merge_config(config, {"sampler": {"start_t": 200}, "steps": 3})
@@ -120,7 +121,10 @@ def test_sampler_defaults_entry_and_deep_merge():
     other = {"_target_": "srkit.samplers.residual_shift.ResidualShiftSampler"}
     assert merge_config(config, {"sampler": other})["sampler"] == other  # another kind replaces the config
     with pytest.raises(ConfigError, match="unsupported defaults entry"):
-        _with_defaults({"defaults": [{"method": "bicubic"}]}, where="m.yaml")
+        _with_defaults({"defaults": [{"method": "bicubic"}]}, where="m.yaml", kind="method")
+    # A variant in the same group holds only what it changes (conf/sampler/ddim.yaml).
+    ddim = _with_defaults({"defaults": ["ddpm", "_self_"], "eta": 0.0}, where="ddim.yaml", kind="sampler")
+    assert ddim == {**config["sampler"], "eta": 0.0}
 
 
 def test_sampler_overrides_need_a_method_with_a_sampler():

@@ -8,8 +8,9 @@ from _reference import assert_matches_golden, assert_uint8_matches_golden, refer
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+import srkit
 from srkit import registry
-from srkit.errors import UnsupportedError, WeightsNotFoundError
+from srkit.errors import ConfigError, UnsupportedError, WeightsNotFoundError
 from srkit.methods.resshift.method import ResShift
 
 
@@ -105,6 +106,26 @@ def test_missing_weights_say_where_they_were_looked_for_and_how_to_provide_them(
         ResShift(weights=str(folder))
     with pytest.raises(UnsupportedError, match="steps in \\[4, 15\\]"):
         ResShift(steps=8, weights="synthetic")
+
+
+def test_each_release_is_selectable_by_version(tmp_path):
+    """v1 (resshift_realsrx4_s15_v1.pth) beside v2 and v3 in one folder: version picks the file, T follows it."""
+    build = {"unet_config": TINY_UNET, "autoencoder_config": TINY_VQ}
+    donor = srkit.load("resshift", weights="synthetic", **build)
+    files = {"v1": "resshift_realsrx4_s15_v1.pth", "v2": "resshift_realsrx4_s15_v2.pth", "v3": "resshift_realsrx4_s4_v3.pth"}
+    for offset, name in enumerate(files.values()):  # distinguishable denoisers
+        torch.save({k: v + offset for k, v in donor.unet.state_dict().items()}, tmp_path / name)
+    torch.save(donor.autoencoder.state_dict(), tmp_path / "autoencoder_vq_f4.pth")
+    key = "out.2.bias"
+    for offset, (version, steps) in enumerate([("v1", 15), ("v2", 15), ("v3", 4)]):
+        model = srkit.load("resshift", weights=str(tmp_path), version=version, **build)
+        assert model.sampler.num_steps == steps
+        torch.testing.assert_close(model.unet.state_dict()[key], donor.unet.state_dict()[key] + offset)
+    assert srkit.load("resshift", weights=str(tmp_path), steps=15, **build).sampler.num_steps == 15  # v2 by default
+    with pytest.raises(ConfigError, match="v1 was trained for T = 15 steps, got steps=4"):
+        srkit.load("resshift", weights=str(tmp_path), version="v1", steps=4, **build)
+    with pytest.raises(UnsupportedError, match="releases are v1, v2, v3"):
+        srkit.load("resshift", weights="synthetic", version="v4", **build)
 
 
 @pytest.fixture(scope="module")

@@ -306,6 +306,7 @@ class _SwinUNet(nn.Module):
                 f"cond_lq={cond_lq}, lq_size={lq_size}, image_size={image_size}: srkit supports the released x4 "
                 "configs, where the LR image is concatenated at latent size (cond_lq=True, lq_size == image_size)"
             )
+        self.lq_size = lq_size  # the official samplers pad the LR to multiples of it (padding_offset = lq_size)
         levels = len(channel_mult)
         blocks = [num_res_blocks] * levels if isinstance(num_res_blocks, int) else list(num_res_blocks)
         if len(blocks) != levels:

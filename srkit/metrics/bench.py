@@ -1,6 +1,6 @@
 """The benchmark engine behind ``benchmarks/run_all.py`` and ``srkit bench``.
 
-A *table spec* (``benchmarks/tables/<id>.yaml``) transcribes one table of a paper: its metrics
+A *table spec* (``srkit/metrics/tables/<id>.yaml``, shipped with the package) transcribes one table of a paper: its metrics
 (columns), protocol (scale, crop border, seeds) and rows (dataset, label, srkit method with its
 ``load`` overrides and ``sr`` knobs, and the paper's numbers). :func:`run_benchmark` measures
 every row it can -- methods that load with their real weights, datasets that are present,
@@ -36,12 +36,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import zoo
 from ..errors import ConfigError, SrkitError
 from .iqa import METRIC_NAMES, Metric, MetricUnavailable, get_metric
 from .stability import LocalStd, g_std
 
 # Columns that are not image metrics: measured from the model and its timing.
-SPECIAL_COLUMNS = ("params_m", "runtime_ms", "runtime_s", "l_std")
+SPECIAL_COLUMNS = ("params_m", "total_params_m", "runtime_ms", "runtime_s", "l_std")
 # Folder names of the real datasets under --dataset-root (each with HR/ and LR/; RealSet80: LR/ only).
 DATASET_FOLDERS = {
     "realsr": "RealSR", "drealsr": "DRealSR", "realset80": "RealSet80", "imagenet-test": "ImageNet-Test", "div2k": "DIV2K",
@@ -85,8 +86,8 @@ class Table:
 
 
 def default_tables_dir() -> Path:
-    """``benchmarks/tables`` of the source checkout srkit runs from."""
-    return Path(__file__).resolve().parents[2] / "benchmarks" / "tables"
+    """The table specs srkit ships (``srkit/metrics/tables``): a wheel has them too."""
+    return Path(__file__).resolve().parent / "tables"
 
 
 def load_tables(folder: str | os.PathLike[str] | None = None, names: Sequence[str] | None = None) -> list[Table]:
@@ -96,7 +97,7 @@ def load_tables(folder: str | os.PathLike[str] | None = None, names: Sequence[st
     folder = Path(folder) if folder is not None else default_tables_dir()
     paths = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
     if not paths:
-        raise ConfigError(f"no table specs (*.yaml) in {folder}; pass tables_dir= pointing to benchmarks/tables")
+        raise ConfigError(f"no table specs (*.yaml) in {folder}; pass tables_dir= pointing to a folder of specs")
     known = [p.stem for p in paths]
     unknown = sorted(set(names or ()) - set(known))
     if unknown:
@@ -112,7 +113,10 @@ def load_tables(folder: str | os.PathLike[str] | None = None, names: Sequence[st
             if column.removesuffix("_gstd") not in METRIC_NAMES and column not in SPECIAL_COLUMNS:
                 known_columns = ", ".join(METRIC_NAMES + SPECIAL_COLUMNS)
                 raise ConfigError(f"{path.name}: unknown column {column!r}; columns are {known_columns} (+ _gstd)")
-        rows = [Row(**r) for r in spec["rows"]]
+        # protocol.load: per-method constructor arguments of every row (a row's own load overrides them), e.g. the
+        # checkpoint a paper's numbers come from.
+        shared_load = spec["protocol"].get("load") or {}
+        rows = [Row(**{**r, "load": {**shared_load.get(r.get("method"), {}), **(r.get("load") or {})}}) for r in spec["rows"]]
         for row in rows:
             if len(row.paper) != len(metrics):
                 raise ConfigError(f"{path.name}: row {row.label!r} has {len(row.paper)} paper values for {len(metrics)} columns")
@@ -235,12 +239,13 @@ class Measured:
     l_std: dict[tuple[int, tuple[int, ...]], dict[str, float]] = field(default_factory=dict)
     seconds: list[float] = field(default_factory=list)
     params_m: float | None = None
+    total_params_m: float | None = None
     reasons: dict[str, str] = field(default_factory=dict)  # metric key -> why n/a
     error: str | None = None
 
 
 def metric_key(name: str, crop: int) -> str:
-    return f"{name}@crop{crop}" if name in ("psnr", "ssim") else name
+    return f"{name}@crop{crop}" if name in ("psnr", "psnr-rgb", "ssim", "ssim-yiq") else name
 
 
 class MetricCache:
@@ -282,6 +287,12 @@ class ModelCache:
         self.model: Any = None
         self.error: str | None = None
 
+    def weights_of(self, method: str) -> str | None:
+        """``weights`` for ``method``; ``"zoo"`` means the zoo's models where it has one, the real weights elsewhere."""
+        if zoo.is_zoo(self.weights) and method not in zoo.METHOD_PARTS:
+            return None
+        return self.weights
+
     def get(self, unit: Unit) -> tuple[Any, str | None]:
         """(model, None), or (None, why it cannot be built)."""
         from .. import load
@@ -289,7 +300,7 @@ class ModelCache:
         if self.key != (unit.method, unit.load):
             self.key, self.model, self.error = (unit.method, unit.load), None, None
             try:
-                self.model = load(unit.method, weights=self.weights, device=self.device, **json.loads(unit.load))
+                self.model = load(unit.method, weights=self.weights_of(unit.method), device=self.device, **json.loads(unit.load))
             except SrkitError as err:
                 self.error = f"{type(err).__name__}: {err}"
             except Exception as err:  # a plugin failing to build must not stop the other rows
@@ -312,7 +323,9 @@ def measure_unit(
     model, result.error = models.get(unit)
     if model is None:
         return result
-    result.params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    learned = {id(p): p for module in model.learned_modules().values() for p in module.parameters()}
+    result.params_m = sum(p.numel() for p in learned.values()) / 1e6  # what the papers count: the learned modules
+    result.total_params_m = sum(p.numel() for p in model.parameters()) / 1e6
     knobs = json.loads(unit.sr)
     seeds = sorted(work.seeds)
     seed_free = model.descriptor.steps is None
@@ -384,7 +397,7 @@ def _metric_value(metrics: MetricCache, key: str, out: Tensor, sample: Sample, r
 
 def merge(parts: Sequence[Measured], order: Sequence[str]) -> Measured:
     """Merge the per-process results of a unit, images in dataset order (identical to one process)."""
-    merged = Measured(params_m=parts[0].params_m)
+    merged = Measured(params_m=parts[0].params_m, total_params_m=parts[0].total_params_m)
     for part in parts:
         merged.error = merged.error or part.error
         merged.reasons.update(part.reasons)
@@ -401,8 +414,8 @@ def cell(measured: Measured, column: str, crop: int, seeds: Sequence[int], fid: 
     """The measured value of one table column over the table's ``seeds``, or ``(None, reason)``."""
     if measured.error:
         return None, measured.error
-    if column == "params_m":
-        return measured.params_m, None
+    if column in ("params_m", "total_params_m"):
+        return getattr(measured, column), None
     if column in ("runtime_ms", "runtime_s"):
         if not measured.seconds:
             return None, "no images were run"
@@ -738,7 +751,7 @@ def _bench_options() -> dict[str, Any]:
     return {
         "out": path(), "mini": flag, "dataset_root": folder("the datasets' folders (RealSR/HR, RealSR/LR, ...)", null="none"),
         "methods": names("method", list_methods, null="every method"), "tables": names("table", null="every table spec"),
-        "tables_dir": folder("table specs (*.yaml)", null="benchmarks/tables of the checkout"),
+        "tables_dir": folder("table specs (*.yaml)", null="the specs srkit ships"),
         "weights": text(null="each method's real weights"), "device": text(),
         "mini_degradation": name("degradation", REGISTRIES["degradation"].names),
         "mini_size": choice(256, 512, null="both crop sizes"), "runs": whole(2, null="the paper's number of seeded runs"),

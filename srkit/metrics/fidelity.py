@@ -11,11 +11,18 @@ color_space='ycbcr'`` (what InvSR's and CCSR's evaluation scripts call), so valu
   (pyiqa's ``downsample=False`` default; Wang et al.'s MATLAB script downsamples, pyiqa does not),
   negative contrast-structure terms clamped to 0 as pyiqa does. BasicSR's ``calculate_ssim``
   differs in not rounding Y and not clamping.
+* SSIM of the original definition (Wang et al. 2004, their MATLAB ``ssim_index`` on a grey image; pyiqa's
+  ``ssim`` default ``color_space='yiq'``): ``color="yiq"`` measures it on the full-range luma
+  ``0.299 R + 0.587 G + 0.114 B`` (0..255, rounded) instead of the limited-range BT.601 Y; the two differ by up
+  to ~0.035 on real SR outputs, so a table says which it means (metric names ``ssim`` and ``ssim-yiq``;
+  ``ssim-yiq`` does not clamp the contrast-structure term, as Wang et al.; pyiqa's default clamps it, ~1e-4 apart).
 * ``crop_border`` pixels are removed from every side before measuring (crop = scale in the papers'
   tables, BasicSR's convention; CCSR crops 4, InvSR crops 0).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -26,6 +33,9 @@ from ..types import check_image_tensor
 # MATLAB rgb2ycbcr, Y row, for RGB in [0, 1] -> Y in [16, 235].
 _Y_WEIGHTS = (65.481, 128.553, 24.966)
 _Y_OFFSET = 16.0
+# NTSC YIQ, Y row (= ITU-R BT.601 luma, full range): Wang et al.'s grey conversion, pyiqa's color_space='yiq'.
+_LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+SSIMColor = Literal["ycbcr", "yiq", "rgb"]
 _PSNR_EPS = 1e-8  # pyiqa's guard against log(inf) for identical images
 
 
@@ -71,16 +81,21 @@ def gaussian_window(size: int = 11, sigma: float = 1.5, *, dtype: torch.dtype = 
     return g / g.sum()
 
 
-def ssim(sr: Tensor, hr: Tensor, *, crop_border: int = 4, y_channel: bool = True) -> Tensor:
-    """SSIM per image, shape (B,), of images in [0, 1] (Wang et al. 2004; on rounded Y by default).
-
-    With ``y_channel=False`` SSIM is computed per RGB channel on the 0..255 scale and averaged.
-    """
+def ssim(sr: Tensor, hr: Tensor, *, crop_border: int = 4, color: SSIMColor = "ycbcr", clamp_contrast: bool = True) -> Tensor:
+    """SSIM per image, shape (B,), of images in [0, 1] (Wang et al. 2004), on the rounded 0..255 luma of ``color``:
+    ``"ycbcr"`` (the SR papers' BT.601 limited-range Y, default), ``"yiq"`` (the original definition's full-range
+    luma), or ``"rgb"`` (per RGB channel on the 0..255 scale, averaged). ``clamp_contrast``: negative
+    contrast-structure terms count as 0, as pyiqa computes it; the original definition does not clamp."""
     sr, hr = _pair(sr, hr, crop_border)
-    if y_channel:
+    if color == "ycbcr":
         sr, hr = rgb_to_y(sr).round(), rgb_to_y(hr).round()
-    else:
+    elif color == "yiq":
+        weights = sr.new_tensor(_LUMA_WEIGHTS).view(1, 3, 1, 1)
+        sr, hr = ((sr * weights).sum(1, keepdim=True) * 255).round(), ((hr * weights).sum(1, keepdim=True) * 255).round()
+    elif color == "rgb":
         sr, hr = sr * 255, hr * 255
+    else:
+        raise InvalidImageError(f"ssim color must be ycbcr, yiq or rgb, got {color!r}")
     if min(sr.shape[-2:]) < 11:
         raise InvalidImageError(
             f"SSIM needs at least 11x11 pixels after cropping, got {sr.shape[-2]}x{sr.shape[-1]}; "
@@ -95,6 +110,8 @@ def ssim(sr: Tensor, hr: Tensor, *, crop_border: int = 4, y_channel: bool = True
     mu_x, mu_y, xx, yy, xy = stats.chunk(5, dim=1)
     var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    contrast_structure = ((2 * cov + c2) / (var_x + var_y + c2)).clamp(min=0)  # pyiqa clamps it at 0
+    contrast_structure = (2 * cov + c2) / (var_x + var_y + c2)
+    if clamp_contrast:
+        contrast_structure = contrast_structure.clamp(min=0)  # pyiqa clamps it at 0
     ssim_map = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * contrast_structure
     return ssim_map.mean(dim=(1, 2, 3))

@@ -44,8 +44,11 @@ PYIQA_METRICS: dict[str, tuple[str, dict[str, Any]]] = {
     "brisque": ("brisque", {}),
     "fid": ("fid", {"mode": "clean"}),
 }
-BUILTIN = ("psnr", "ssim")
-METRIC_NAMES = (*BUILTIN, *PYIQA_METRICS)
+BUILTIN = ("psnr", "psnr-rgb", "ssim", "ssim-yiq", "sharpness")
+# Weight-free full-reference metrics of piq (Apache-2.0; the [train] extra): perception measured offline, where
+# LPIPS and DISTS cannot download their ImageNet backbones. (piq name, lower is better)
+PIQ_METRICS: dict[str, tuple[str, bool]] = {"haarpsi": ("haarpsi", False), "gmsd": ("gmsd", True)}
+METRIC_NAMES = (*BUILTIN, *PIQ_METRICS, *PYIQA_METRICS)
 
 
 class MetricUnavailable(UnsupportedError):
@@ -77,12 +80,23 @@ def get_metric(name: str, *, crop_border: int = 4, device: str | torch.device = 
 
     ``crop_border`` applies to PSNR and SSIM (the papers' crop = scale convention).
     """
-    if name in BUILTIN:
-        fn = psnr if name == "psnr" else ssim
-        options = {"y_channel": True, "color_space": "ycbcr (BT.601, MATLAB rgb2ycbcr)", "crop_border": crop_border}
-        if name == "ssim":
-            options.update(window="gaussian 11x11 sigma 1.5", downsample=False, y_rounded=True)
-        return Metric(name, "FR", False, options, partial(fn, crop_border=crop_border))
+    if name == "sharpness":
+        return Metric(name, "NR", False, {"measure": "variance of the Laplacian of Y in [0, 255] (Pech-Pacheco et al., 2000)"},
+                      laplacian_sharpness)
+    if name in PIQ_METRICS:
+        return _piq_metric(name)
+    if name in ("psnr", "psnr-rgb"):
+        on_y = name == "psnr"
+        options = {"y_channel": on_y, "color_space": "ycbcr (BT.601, MATLAB rgb2ycbcr)" if on_y else "rgb", "crop_border": crop_border}
+        return Metric(name, "FR", False, options, partial(psnr, crop_border=crop_border, y_channel=on_y))
+    if name in ("ssim", "ssim-yiq"):
+        color = "ycbcr" if name == "ssim" else "yiq"
+        options = {"color_space": {"ycbcr": "ycbcr (BT.601 limited-range Y, MATLAB rgb2ycbcr; the SR papers')",
+                                   "yiq": "yiq (full-range luma 0.299R+0.587G+0.114B; Wang et al., pyiqa's default)"}[color],
+                   "crop_border": crop_border, "window": "gaussian 11x11 sigma 1.5", "downsample": False, "y_rounded": True}
+        options["contrast_clamped"] = color == "ycbcr"  # pyiqa clamps; Wang et al.'s definition does not
+        return Metric(name, "FR", False, options, partial(ssim, crop_border=crop_border, color=color,
+                                                          clamp_contrast=color == "ycbcr"))
     if name not in PYIQA_METRICS:
         import difflib
 
@@ -92,6 +106,34 @@ def get_metric(name: str, *, crop_border: int = 4, device: str | torch.device = 
     if name == "niqe" and (params := niqe_params_path()) is not None:
         return _offline_niqe(params)
     return _pyiqa_metric(name, device)
+
+
+def laplacian_sharpness(sr: Tensor) -> Tensor:
+    """A weight-free no-reference sharpness measure per image: the variance of the 3x3 Laplacian of Y (BT.601 luma,
+    [0, 255]) over the valid interior. It rises with edges and fine texture, and with noise too: read it next to PSNR."""
+    from .fidelity import rgb_to_y
+
+    y = rgb_to_y(sr.double().clamp(0, 1))  # (B, 1, H, W) in [0, 255]
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=y.dtype, device=y.device)
+    return torch.nn.functional.conv2d(y, kernel.view(1, 1, 3, 3)).flatten(1).var(dim=1).cpu()
+
+
+def _piq_metric(name: str) -> Metric:
+    from ..errors import MissingDependencyError, import_optional
+
+    try:
+        piq = import_optional("piq", extra="train", needed_for=f"the {name} metric")
+    except MissingDependencyError as err:
+        raise MetricUnavailable(str(err)) from None
+    function_name, lower_better = PIQ_METRICS[name]
+    function = getattr(piq, function_name)
+
+    def fn(sr: Tensor, hr: Tensor) -> Tensor:
+        with torch.no_grad():
+            return function(sr.float().clamp(0, 1), hr.float().clamp(0, 1), reduction="none", data_range=1.0).double().cpu()
+
+    return Metric(name, "FR", lower_better, {"piq": function_name, "data_range": 1.0, "color": "RGB"}, fn,
+                  source=f"piq {getattr(piq, '__version__', '')}".strip())
 
 
 def _import_pyiqa() -> Any:

@@ -31,24 +31,34 @@ from ..tiling import pad_to_multiple
 from ..types import Denoiser, MethodDescriptor
 from ..weights import resolve_weights_together
 
-__all__ = ["CHECKPOINTS", "ResidualShiftMethod", "released_chain"]
+__all__ = ["DEFAULT_VERSIONS", "RELEASES", "ResidualShiftMethod", "released_chain"]
 
-# The denoiser (a weight-file role of the method's descriptor) and schedule of each released x4 real-SR
-# checkpoint, by schedule length T.
-CHECKPOINTS: dict[int, tuple[str, dict[str, float]]] = {
-    4: ("denoiser", {"min_noise_level": 0.2}),  # v3, journal config
-    15: ("denoiser-s15", {"min_noise_level": 0.04}),  # v2
+# Each released x4 real-SR denoiser: its weight-file role in the method's descriptor, schedule length T and schedule.
+RELEASES: dict[str, tuple[str, int, dict[str, float]]] = {
+    "v3": ("denoiser", 4, {"min_noise_level": 0.2}),  # journal config
+    "v2": ("denoiser-s15", 15, {"min_noise_level": 0.04}),
+    "v1": ("denoiser-s15-v1", 15, {"min_noise_level": 0.04}),  # the official inference script's --version default
 }
+DEFAULT_VERSIONS = {4: "v3", 15: "v2"}  # the release a schedule length picks when no version is given
 
 
-def released_chain(descriptor: MethodDescriptor, steps: int, weights: str | None,
-                   companions: Mapping[str, str | None] | None = None) -> dict[str, Any]:
-    """The denoiser and autoencoder weights and the sampler of the released checkpoint with T = ``steps``, and the
-    paths of the method's ``companions`` (its other weight files, role -> spec), all resolved together so that a
-    missing or single file is reported for every role at once (:func:`~srkit.weights.resolve_weights_together`)."""
-    if steps not in CHECKPOINTS:
-        raise UnsupportedError(f"{descriptor.name} checkpoints exist for steps in {sorted(CHECKPOINTS)}, got steps={steps}")
-    denoiser, schedule = CHECKPOINTS[steps]
+def released_chain(descriptor: MethodDescriptor, steps: int | None, weights: str | None,
+                   companions: Mapping[str, str | None] | None = None, version: str | None = None) -> dict[str, Any]:
+    """The denoiser and autoencoder weights and the sampler of the release ``version`` (default: the one of T =
+    ``steps``, 4 -> v3, 15 -> v2; neither: v3), and the paths of the method's ``companions`` (its other weight files,
+    role -> spec), all resolved together so that a missing or single file is reported for every role at once
+    (:func:`~srkit.weights.resolve_weights_together`)."""
+    if version is None:
+        if steps is not None and steps not in DEFAULT_VERSIONS:
+            raise UnsupportedError(f"{descriptor.name} checkpoints exist for steps in {sorted(DEFAULT_VERSIONS)}, got steps={steps}")
+        version = DEFAULT_VERSIONS[4 if steps is None else steps]
+    if version not in RELEASES:
+        raise UnsupportedError(f"{descriptor.name} releases are {', '.join(sorted(RELEASES))}, got version={version!r}")
+    denoiser, length, schedule = RELEASES[version]
+    if steps is not None and steps != length:
+        raise ConfigError(f"{descriptor.name} {version} was trained for T = {length} steps, got steps={steps}; "
+                          f"pass steps={length} or leave steps unset")
+    steps = length
     paths = resolve_weights_together(descriptor, {denoiser: weights, "autoencoder": weights, **(companions or {})})
     return {
         "unet_weights": paths.pop(denoiser),
@@ -61,8 +71,9 @@ def released_chain(descriptor: MethodDescriptor, steps: int, weights: str | None
 class ResidualShiftMethod(DiffusionMethod):
     """x4 SR on the residual-shifting chain (see the module docstring).
 
-    ``steps`` is the schedule length T of the released checkpoint (:data:`CHECKPOINTS`): 4 (v3,
-    ``resshift_realsrx4_s4_v3.pth``) or 15 (v1/v2, ``resshift_realsrx4_s15_v{1,2}.pth``, min noise level 0.04).
+    ``steps`` is the schedule length T of the released checkpoint (:data:`RELEASES`): 4 (v3,
+    ``resshift_realsrx4_s4_v3.pth``) or 15 (v2 ``resshift_realsrx4_s15_v2.pth``, min noise level 0.04); ``version``
+    picks a release by name instead ("v1": ``resshift_realsrx4_s15_v1.pth``, also 15 steps).
     ``weights``: ``None`` (the official denoiser file and ``autoencoder_vq_f4.pth``, found by
     :func:`srkit.weights.resolve` in ``$SRKIT_HOME/weights`` or ``./weights``), a folder holding both, or
     ``"synthetic"`` (srkit-synthetic-v1 weights, for tests and timing). ``noise`` / ``mean_correction``: hooks by
@@ -77,7 +88,7 @@ class ResidualShiftMethod(DiffusionMethod):
 
     def __init__(
         self,
-        steps: int = 4,
+        steps: int | None = 4,
         weights: str | None = None,
         dtype: torch.dtype = torch.float32,
         unet_config: Mapping[str, Any] | None = None,
@@ -86,8 +97,9 @@ class ResidualShiftMethod(DiffusionMethod):
         mean_correction: MeanCorrectionHook | None = None,
         color_fix: str | None = None,
         companion_weights: Mapping[str, str | None] | None = None,
+        version: str | None = None,
     ):
-        release = released_chain(self.descriptor, steps, weights, companion_weights)
+        release = released_chain(self.descriptor, steps, weights, companion_weights, version)
         super().__init__(4, sampler=release["sampler"], noise=noise, mean_correction=mean_correction, color_fix=color_fix)
         unet_weights, autoencoder_weights = release["unet_weights"], release["autoencoder_weights"]
         self.companion_weights: dict[str, Any] = release["companion_weights"]
@@ -106,8 +118,9 @@ class ResidualShiftMethod(DiffusionMethod):
 
     @property
     def size_multiple(self) -> int:
-        """The side multiple y_0 is padded to (official: lq_size = 64; a retrained Swin-UNet may need more)."""
-        return math.lcm(self.descriptor.size_multiple, self.unet.size_multiple)
+        """The side multiple y_0 is padded to: the official samplers' ``padding_offset`` is the denoiser's ``lq_size``
+        (64 for the released models; a smaller retrained one pads less), and the Swin windows may need more."""
+        return math.lcm(self.unet.lq_size, self.unet.size_multiple)
 
     def condition(self, lr: Tensor, generator: torch.Generator | None, **knobs: Any) -> Chain:
         """The chain for y_0 = ``lr`` (in [-1, 1], padded): ``chain.lr`` is the Swin-UNet's ``lq``, ``chain.y`` = z_y,

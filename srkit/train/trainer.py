@@ -536,4 +536,4 @@ def run_training(cfg: Any) -> list[dict[str, float]]:
     if trainer.accelerator.is_main_process:  # the resolved config of the run, next to its weights
         trainer.output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(config), trainer.output_dir / "config.yaml")
-    return trainer.fit(resume=bool(config.get("resume", True)))
+    return trainer.fit(resume=bool(config.get("resume", True)), until=config.get("until"))

@@ -38,6 +38,7 @@ __all__ = [
     "cache_file",
     "cached_safetensors",
     "companion",
+    "file_sha256",
     "hub_offline",
     "load_checkpoint",
     "load_state_dict",
@@ -297,6 +298,15 @@ def resolve(
     raise _not_found(what, repr(str(spec)), looked, filename, str(spec) if is_hub_id else hub_id, source)
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def resolve_weights(descriptor: MethodDescriptor, role: str, spec: str | os.PathLike[str] | None) -> Path | Literal["synthetic"]:
     """The one weights path of a method: ``spec`` (see :func:`resolve`) for the descriptor's weight file ``role``,
     whose file name, hub repository and source are data in :attr:`MethodDescriptor.weights`. A ``sha256`` listed
@@ -305,12 +315,9 @@ def resolve_weights(descriptor: MethodDescriptor, role: str, spec: str | os.Path
     filename = None if entry.folder and spec is not None else entry.filename
     path = resolve(spec, filename=filename, hub_id=entry.hub_id, what=f"{descriptor.name} {role}", source=entry.source)
     if entry.sha256 and isinstance(path, Path) and path.is_file():
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != entry.sha256:
-            raise ConfigError(f"{path} is not {descriptor.name}'s {entry.filename}: sha256 {digest.hexdigest()} != {entry.sha256}; "
+        digest = file_sha256(path)
+        if digest != entry.sha256:
+            raise ConfigError(f"{path} is not {descriptor.name}'s {entry.filename}: sha256 {digest} != {entry.sha256}; "
                               f"download it again from {entry.source or 'its source'}")
     return path
 

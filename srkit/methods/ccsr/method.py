@@ -239,6 +239,9 @@ class CCSR(DiffusionMethod):
 
     # ------------------------------------------------------------------ training
 
+    def learned_modules(self) -> dict[str, nn.Module]:
+        return {"controlnet": self.controlnet, "decoder": self.sd.vae.vae.decoder}  # stage 1, stage 2 (DeFT)
+
     def trainable_modules(self) -> dict[str, nn.Module]:
         if self.stage == 1:
             return {"controlnet": self.controlnet}

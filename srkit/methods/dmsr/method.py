@@ -200,9 +200,12 @@ class DMSR(DiffusionMethod):
 
     # ------------------------------------------------------------------ training
 
+    def learned_modules(self) -> dict[str, nn.Module]:
+        return {"estimator": self.estimator} if self.stage == "estimator" else {"encoder": self.encoder}
+
     def trainable_modules(self) -> dict[str, nn.Module]:
         self._check_training()
-        return {"estimator": self.estimator} if self.stage == "estimator" else {"encoder": self.encoder}
+        return self.learned_modules()
 
     def discriminator_modules(self) -> dict[str, nn.Module]:
         self._check_training()

@@ -7,9 +7,9 @@ is Eq. (8), computed in the official sigma form ``z_LR + sigma_t f_w`` (diffuser
 ``sqrt(abar_t) z_LR + sqrt(1 - abar_t) f_w``. The reverse chain of Alg. 1 then runs on
 :class:`~srkit.samplers.ddpm.DDPMSampler` with the x0 prediction of Eq. (9) from the frozen UNet.
 
-Sampler: ``eta=1`` (the default) is Alg. 1 with a random z at every step (the DDPM posterior of the
-respaced chain), as the issue asks; ``eta=0`` is the official code's Euler sampler (deterministic
-after the start state). With one step both are the same.
+Sampler: ``eta=0`` (the default, ``conf/sampler/ddim.yaml``) is the official code's Euler sampler (deterministic
+after the start state), with which the paper's numbers were measured; ``eta=1`` is Alg. 1 with a random z at every
+step (the DDPM posterior of the respaced chain). With one step both are the same.
 
 Timesteps: the official table by step count (the ``timesteps`` hook :class:`~srkit.diffusion.StepTable` of
 :data:`STEP_TABLE`), or ``start_t`` in {250, 200, 150, 100} (the start steps the predictor was trained for,
@@ -115,7 +115,7 @@ class InvSR(DiffusionMethod):
         noise: NoiseHook | None = None,
         mean_correction: MeanCorrectionHook | None = None,
     ):
-        sampler = sampler if sampler is not None else DDPMSampler()
+        sampler = sampler if sampler is not None else DDPMSampler(eta=0.0)  # the official Euler sampler
         super().__init__(4, sampler=sampler, timesteps=timesteps if timesteps is not None else StepTable(STEP_TABLE),
                          start_state=start_state if start_state is not None else PredictedStart(), noise=noise,
                          mean_correction=mean_correction, color_fix=color_fix)
@@ -183,9 +183,12 @@ class InvSR(DiffusionMethod):
 
     # ------------------------------------------------------------------ training (Sec. 3.2.3)
 
+    def learned_modules(self) -> dict[str, nn.Module]:
+        return {"predictor": self.predictor}  # the frozen SD-Turbo is the prior, not learned
+
     def trainable_modules(self) -> dict[str, nn.Module]:
         self._check_training()
-        return {"predictor": self.predictor}
+        return self.learned_modules()
 
     def discriminator_modules(self) -> dict[str, nn.Module]:
         self._check_training()

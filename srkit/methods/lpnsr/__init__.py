@@ -20,6 +20,8 @@ DESCRIPTOR = MethodDescriptor(
         # configs/inference.yaml's file; the LPNSR README says the paper's numbers come from noise_predictor.pth
         WeightFile("noise_predictor", "noise_predictor_v2.pth",
                    source="https://huggingface.co/mirpri/LPNSR (or the Faze-Hsw/LPNSR GitHub release)"),
+        WeightFile("noise_predictor-v1", "noise_predictor.pth",  # predictor_version="v1": the paper's tables
+                   source="https://huggingface.co/mirpri/LPNSR (or the Faze-Hsw/LPNSR GitHub release)"),
         # the pre-upsamplers of Table 6 (PreSet-B), by name; swinir-gan is LPNSR's default
         WeightFile("pre_upsampler/swinir-gan", "003_realSR_BSRGAN_DFOWMFC_s64w8_SwinIR-L_x4_GAN.pth",
                    source="https://github.com/JingyunLiang/SwinIR/releases/download/v0.0/"

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...backends.swin_unet import SwinUNetNoisePredictor
@@ -121,12 +122,17 @@ def load_pre_upsampler(spec: str | Path | nn.Module) -> nn.Module:
     return descriptor.model.eval().requires_grad_(False)
 
 
+# The released noise predictors: noise_predictor_v2.pth is what configs/inference.yaml loads; the LPNSR README says
+# the paper's numbers come from noise_predictor.pth (v1). Both have the same network.
+PREDICTOR_ROLES = {"v2": "noise_predictor", "v1": "noise_predictor-v1"}
+
 class LPNSR(ResidualShiftMethod):
     """LPNSR x4 SR, 1-4 steps: frozen ResShift v3 + the noise predictor g_w (+ an optional pre-upsampler).
 
     ``weights``: ``None`` (``resshift_realsrx4_s4_v3.pth``, ``autoencoder_vq_f4.pth`` and ``noise_predictor_v2.pth``
     found by :func:`srkit.weights.resolve`), a folder holding the three, or ``"synthetic"``;
-    ``noise_predictor_weights`` overrides the predictor's file (e.g. the paper's ``noise_predictor.pth``).
+    ``predictor_version``: ``"v2"`` (``noise_predictor_v2.pth``, the official inference config) or ``"v1"``
+    (``noise_predictor.pth``, the paper's tables); ``noise_predictor_weights`` overrides the predictor's file.
     ``pre_upsampler``: ``None`` (PreSet-A, bicubic y) or PreSet-B's network (see :func:`load_pre_upsampler`).
     ``color_fix``: colour correction of the output against the bicubic x4 LR (official default ``"wavelet"``).
     ``for_training`` builds the losses of Eq. (12) (``lpips_weights``: torchvision's VGG16 file, or ``"synthetic"``)
@@ -154,16 +160,21 @@ class LPNSR(ResidualShiftMethod):
         discriminator: Mapping[str, Any] | None = None,
         noise: NoiseHook | None = None,
         mean_correction: MeanCorrectionHook | None = None,
+        predictor_version: str = "v2",
+        power_of_two_padding: bool = True,
     ):
+        if predictor_version not in PREDICTOR_ROLES:
+            raise ConfigError(f"lpnsr predictor_version must be one of {', '.join(PREDICTOR_ROLES)}, got {predictor_version!r}")
+        role = PREDICTOR_ROLES[predictor_version]
         super().__init__(4, weights, dtype, unet_config, autoencoder_config, noise=noise if noise is not None else PredictedNoise(),
                          mean_correction=mean_correction, color_fix=color_fix,
-                         companion_weights={"noise_predictor": noise_predictor_weights or weights})
+                         companion_weights={role: noise_predictor_weights or weights})
         self.noise_predictor: SwinUNetNoisePredictor = SwinUNetNoisePredictor.from_pretrained(
-            self.companion_weights["noise_predictor"], dtype=dtype, **backend_config("lpnsr_noise_predictor", predictor_config)
+            self.companion_weights[role], dtype=dtype, **backend_config("lpnsr_noise_predictor", predictor_config)
         )
         self.noise_predictor.requires_grad_(False)
         self.pre_upsampler = None if pre_upsampler is None else load_pre_upsampler(pre_upsampler).to(dtype)
-        self.for_training = for_training
+        self.for_training, self.power_of_two_padding = for_training, power_of_two_padding
         if for_training:
             self._build_losses({"l1": 1.0, "lpips": 1.0, "gan": 0.1, **(loss_weights or {})}, lpips_weights, discriminator)
 
@@ -179,11 +190,24 @@ class LPNSR(ResidualShiftMethod):
         self.noise_predictor.requires_grad_(True)
         latent = self.autoencoder.latent_channels
         self.discriminator = PatchGANDiscriminator(**{"in_channels": latent, "ndf": 64, "n_layers": 3, **(discriminator or {})})
-        pixel = {k: w for k, w in weights.items() if k != "gan"}
-        self.pixel_loss = LossComposer(pixel, modules={"lpips": PixelLPIPS("vgg", backbone_weights=lpips_weights)})
+        pixel = {k: w for k, w in weights.items() if k != "gan" and w}  # lpips: 0 needs no VGG16 file
+        lpips = {"lpips": PixelLPIPS("vgg", backbone_weights=lpips_weights)} if "lpips" in pixel else {}
+        self.pixel_loss = LossComposer(pixel, modules=lpips)
         self.gan_loss = LossComposer({"gan": weights["gan"]}, modules={"gan": AdversarialTerm(self.discriminator, "hinge")})
 
     # ---------------------------------------------------------------------------------------- inference
+
+    def _sr(self, lr: Tensor, *, steps: int | None, generator: torch.Generator | None, **knobs: Any) -> Tensor:
+        """The chain on ``lr`` (padded to :attr:`size_multiple` by ``sr()``), first reflect-padded (bottom, right) to
+        the next power of two per side as the official inference does ("for FFT", after the multiple of 64) when
+        ``power_of_two_padding``: the VQ mid-block attention is global, so the padding changes every pixel."""
+        if not self.power_of_two_padding:
+            return super()._sr(lr, steps=steps, generator=generator, **knobs)
+        height, width = lr.shape[-2:]
+        pad_h, pad_w = (1 << (height - 1).bit_length()) - height, (1 << (width - 1).bit_length()) - width
+        padded = F.pad(lr, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else lr
+        out = super()._sr(padded, steps=steps, generator=generator, **knobs)
+        return out[..., : self.scale * height, : self.scale * width]
 
     def _check_steps(self, steps: int | None) -> int | None:
         return SRMethod._check_steps(self, steps)  # 1..4 on the T = 4 schedule (Eq. (3)), not ResShift's T only
@@ -203,6 +227,9 @@ class LPNSR(ResidualShiftMethod):
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {"noise_predictor": self.noise_predictor}
+
+    def learned_modules(self) -> dict[str, nn.Module]:
+        return self.trainable_modules()  # on the frozen ResShift chain
 
     def discriminator_modules(self) -> dict[str, nn.Module]:
         self._check_training()

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from ...registry import lazy_exports
-from ...releases import RESIDUAL_SHIFT_PIPELINE, RESSHIFT_AUTOENCODER, RESSHIFT_V2_S15_DENOISER, RESSHIFT_V3_DENOISER
+from ...releases import (
+    RESIDUAL_SHIFT_PIPELINE,
+    RESSHIFT_AUTOENCODER,
+    RESSHIFT_V1_S15_DENOISER,
+    RESSHIFT_V2_S15_DENOISER,
+    RESSHIFT_V3_DENOISER,
+)
 from ...types import MethodDescriptor
 
 DESCRIPTOR = MethodDescriptor(
@@ -13,7 +19,7 @@ DESCRIPTOR = MethodDescriptor(
     paper="Plug-in image quality control for diffusion SR by posterior guidance (shared/papers/pg-resshift.md)",
     steps=(4, 15),
     default_steps=4,
-    weights=(RESSHIFT_V3_DENOISER, RESSHIFT_V2_S15_DENOISER, RESSHIFT_AUTOENCODER),
+    weights=(RESSHIFT_V3_DENOISER, RESSHIFT_V2_S15_DENOISER, RESSHIFT_V1_S15_DENOISER, RESSHIFT_AUTOENCODER),
     summary="ResShift with a mean correction mu + alpha Sigma grad KL from a guide image: HR (fidelity) or LR (perception); "
     "alpha calibrated on LR-HR pairs.",
 )

@@ -46,7 +46,7 @@ class PosteriorGuidedResShift(ResidualShiftMethod):
 
     def __init__(
         self,
-        steps: int = 4,
+        steps: int | None = None,
         weights: str | None = None,
         dtype: torch.dtype = torch.float32,
         unet_config: Mapping[str, Any] | None = None,
@@ -54,9 +54,11 @@ class PosteriorGuidedResShift(ResidualShiftMethod):
         scales: str | Path | float | Sequence[float] | None = None,
         noise: NoiseHook | None = None,
         mean_correction: MeanCorrectionHook | None = None,
+        version: str | None = None,
     ):
         guidance = mean_correction if mean_correction is not None else PosteriorGuidance(scales)
-        super().__init__(steps, weights, dtype, unet_config, autoencoder_config, noise=noise, mean_correction=guidance)
+        super().__init__(steps, weights, dtype, unet_config, autoencoder_config, noise=noise, mean_correction=guidance,
+                         version=version)
         if isinstance(guidance, PosteriorGuidance):
             guidance.scales(self.sampler.num_steps)  # a wrong scale file fails now, not at the first image
 

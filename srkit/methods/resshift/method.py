@@ -32,18 +32,23 @@ from . import DESCRIPTOR
 __all__ = ["LOSS_WEIGHTS", "ResShift"]
 
 LOSS_WEIGHTS = {"mse": 1.0, "lpips": 1.0}  # TrainerDifIRLPIPS, loss_coef [1.0, 1.0]
+# LDM VQLPIPSWithDiscriminator (codebook_weight 1.0, perceptual_weight 1.0) and VectorQuantizer2 (beta 0.25).
+AUTOENCODER_LOSS_WEIGHTS = {"l1": 1.0, "lpips": 1.0, "codebook": 1.0}
+COMMITMENT_BETA = 0.25
+STAGES = ("denoiser", "autoencoder")
 
 
 class ResShift(ResidualShiftMethod):
     """ResShift x4 real-world SR with the official Swin-UNet denoiser and VQ-f4 autoencoder: the residual-shift
     pipeline with no hook by default (``noise`` / ``mean_correction`` by config, e.g. PG-ResShift's guidance);
-    ``sr()`` runs the checkpoint's T steps. ``for_training`` builds the losses of the module docstring."""
+    ``sr()`` runs the checkpoint's T steps. ``for_training`` builds the losses of the module docstring for ``stage``:
+    ``"denoiser"`` (the Swin-UNet) or ``"autoencoder"`` (the VQ-f4 first stage)."""
 
     descriptor = DESCRIPTOR
 
     def __init__(
         self,
-        steps: int = 4,
+        steps: int | None = None,
         weights: str | None = None,
         dtype: torch.dtype = torch.float32,
         unet_config: Mapping[str, Any] | None = None,
@@ -52,15 +57,20 @@ class ResShift(ResidualShiftMethod):
         mean_correction: MeanCorrectionHook | None = None,
         color_fix: str | None = None,
         for_training: bool = False,
+        stage: str = "denoiser",
         loss_weights: Mapping[str, float] | None = None,
         lpips_weights: str | None = None,
+        version: str | None = None,
     ):
         super().__init__(steps, weights, dtype, unet_config, autoencoder_config, noise=noise, mean_correction=mean_correction,
-                         color_fix=color_fix)
-        unknown = sorted(set(loss_weights or {}) - set(LOSS_WEIGHTS))
+                         color_fix=color_fix, version=version)
+        if stage not in STAGES:
+            raise ConfigError(f"resshift stage must be one of {', '.join(STAGES)}, got {stage!r}")
+        defaults = LOSS_WEIGHTS if stage == "denoiser" else AUTOENCODER_LOSS_WEIGHTS
+        unknown = sorted(set(loss_weights or {}) - set(defaults))
         if unknown:
-            raise ConfigError(f"unknown resshift loss weights {unknown}; the terms are {', '.join(LOSS_WEIGHTS)}")
-        self.for_training, self.loss_weights = for_training, {**LOSS_WEIGHTS, **(loss_weights or {})}
+            raise ConfigError(f"unknown resshift loss weights {unknown} for stage {stage!r}; its terms are {', '.join(defaults)}")
+        self.stage, self.for_training, self.loss_weights = stage, for_training, {**defaults, **(loss_weights or {})}
         self.lpips: nn.Module | None = None
         if for_training and self.loss_weights["lpips"]:
             from ...losses.lpips import PixelLPIPS
@@ -80,12 +90,14 @@ class ResShift(ResidualShiftMethod):
     def trainable_modules(self) -> dict[str, nn.Module]:
         if not self.for_training:
             raise UnsupportedError("this resshift model was built for inference; build it with for_training=True to train")
-        return {"unet": self.unet}
+        return {"unet": self.unet} if self.stage == "denoiser" else {"autoencoder": self.autoencoder}
 
     def losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """x0-prediction loss at a uniform step per sample (see the module docstring), on ``lr`` (B, 3, h, w) and
-        ``hr`` (B, 3, 4h, 4w) in [0, 1]."""
+        ``hr`` (B, 3, 4h, 4w) in [0, 1]; with ``stage="autoencoder"`` the reconstruction loss of ``hr``."""
         self.trainable_modules()
+        if self.stage == "autoencoder":
+            return self.autoencoder_losses(batch["hr"], first_step=int(batch.get("step", 1)) == 0)
         lr, hr = batch["lr"], batch["hr"]
         chain = self.condition(self.prepare(lr), None)
         with torch.no_grad():
@@ -97,4 +109,26 @@ class ResShift(ResidualShiftMethod):
         if self.lpips is not None:
             image = self.from_model_range(self.autoencoder.decode(x0_pred))[..., : hr.shape[-2], : hr.shape[-1]]
             terms["lpips"] = self.loss_weights["lpips"] * self.lpips(image, hr).mean()
+        return terms
+
+    def autoencoder_losses(self, hr: Tensor, *, first_step: bool = False) -> dict[str, Tensor]:
+        """L1 + LPIPS reconstruction and the codebook loss of ``hr`` (B, 3, H, W) in [0, 1], H and W multiples of 4
+        (see the module docstring); ``first_step`` first sets the codebook from this batch's latents."""
+        x = self.to_model_range(hr)
+        z = self.autoencoder.encode(x)
+        codebook = self.autoencoder.quantize.embedding.weight
+        if first_step:
+            with torch.no_grad():
+                latents = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+                picks = torch.randint(0, latents.shape[0], (codebook.shape[0],), device=latents.device)
+                codebook.copy_(latents[picks] + 1e-3 * torch.randn_like(codebook))
+        z_q, index = self.autoencoder.quantize(z)  # straight-through: the decoder's gradient reaches the encoder
+        codes = self.autoencoder.quantize.embedding(index).view(z.shape[0], z.shape[2], z.shape[3], -1).permute(0, 3, 1, 2)
+        # VectorQuantizer2 (legacy): the encoder's commitment + beta x the codebook's pull towards the latents.
+        codebook_loss = F.mse_loss(codes.detach(), z) + COMMITMENT_BETA * F.mse_loss(codes, z.detach())
+        reconstruction = self.autoencoder.decoder(self.autoencoder.post_quant_conv(z_q))
+        terms = {"l1": self.loss_weights["l1"] * F.l1_loss(reconstruction, x),  # in [-1, 1], as LDM
+                 "codebook": self.loss_weights["codebook"] * codebook_loss}
+        if self.lpips is not None:
+            terms["lpips"] = self.loss_weights["lpips"] * self.lpips(self.from_model_range(reconstruction), hr).mean()
         return terms

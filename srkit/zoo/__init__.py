@@ -1,0 +1,210 @@
+"""srkit-zoo: small models of the official architectures, trained here on srkit-mini-train, shipped in the package.
+
+No official diffusion checkpoint can be downloaded here, so the zoo lets every residual-shift method run on weights
+that mean something: ``srkit.load("resshift", weights="zoo")``. They are *small models trained on a few photos*
+(``conf/train/zoo-*.yaml``; 64-pixel crops of the eight srkit-mini-train photographs, minutes of CPU), for seeing
+a method work, for tests and for the mini benchmarks, not a substitute for the official weights.
+
+A zoo **part** is one trained file: a module's weights (safetensors, loaded strictly into ``model.<module>``) or a
+data file a constructor argument names (PG-ResShift's scale file). Each part records the recipe that trained it,
+its sha256 (checked at every load) and the config values that rebuild its network (e.g. ``unet_config``); the
+parts are listed in ``zoo.yaml`` beside this file, which :func:`publish` writes. A **method** of the zoo is the
+parts it is built from (:data:`METHOD_PARTS`).
+
+``weights`` specs: ``"zoo"`` (the parts of the method being loaded), ``"zoo:<method>"`` (another method's parts,
+e.g. LPNSR's recipe trains its predictor on ``zoo:resshift``) or ``"zoo:<part>"`` (one part, e.g. ResShift's
+recipe trains its denoiser on ``zoo:vq-f4-mini``). Whatever the zoo does not hold stays at its seeded random
+init (srkit-synthetic-v1), which is what a recipe trains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, WeightsNotFoundError
+
+__all__ = ["METHOD_PARTS", "ZOO", "Part", "is_zoo", "load_parts", "part_config", "parts", "publish", "zoo_dir"]
+
+ZOO = "zoo"
+MANIFEST = "zoo.yaml"
+# The parts of each method of the zoo, in load order.
+METHOD_PARTS: dict[str, tuple[str, ...]] = {
+    "resshift": ("vq-f4-mini", "resshift-mini"),
+    "pg-resshift": ("vq-f4-mini", "resshift-mini", "pg-resshift-mini-scales"),
+    "lpnsr": ("vq-f4-mini", "resshift-mini", "lpnsr-mini"),
+}
+# The constructor argument that configures each trained module's network.
+MODULE_CONFIG_KEYS = {"autoencoder": "autoencoder_config", "unet": "unet_config", "noise_predictor": "predictor_config"}
+
+
+@dataclass(frozen=True)
+class Part:
+    """One trained file of the zoo (see the module docstring)."""
+
+    name: str
+    file: str
+    sha256: str
+    recipe: str  # conf/train/<recipe>.yaml, or the command that wrote a data part
+    module: str | None = None  # the model's module the file is loaded into; None: a data file named by `config`
+    config: Mapping[str, Any] | None = None  # constructor values that rebuild it (a data part: {key: its file name})
+
+    @property
+    def path(self) -> Path:
+        return zoo_dir() / self.file
+
+
+def zoo_dir() -> Path:
+    return Path(__file__).parent
+
+
+def is_zoo(spec: Any) -> bool:
+    return isinstance(spec, (str, os.PathLike)) and (str(spec) == ZOO or str(spec).startswith(f"{ZOO}:"))
+
+
+def _manifest() -> dict[str, Part]:
+    from omegaconf import OmegaConf
+
+    path = zoo_dir() / MANIFEST
+    if not path.is_file():
+        return {}
+    record = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    assert isinstance(record, dict)
+    return {name: Part(name=name, **fields) for name, fields in (record.get("parts") or {}).items()}
+
+
+def parts(spec: str, method: str) -> list[Part]:
+    """The parts the weights ``spec`` (``"zoo"``, ``"zoo:<method>"`` or ``"zoo:<part>"``) names for ``method``."""
+    known = _manifest()
+    target = method if str(spec) == ZOO else str(spec).split(":", 1)[1]
+    names = METHOD_PARTS.get(target, (target,) if target in known else None)
+    if names is None:
+        choices = sorted({*METHOD_PARTS, *known})
+        raise ConfigError(f"weights={spec!r}: the zoo has no {target!r}; it has {', '.join(choices)} "
+                          f"(weights='zoo' loads the parts of {method!r} when it has them)")
+    missing = [name for name in names if name not in known]
+    if missing:
+        raise WeightsNotFoundError(
+            f"weights={spec!r}: the zoo has not got {', '.join(missing)} yet (looked in {zoo_dir() / MANIFEST}); train "
+            f"{'it' if len(missing) == 1 else 'them'} with `srkit train train=<recipe>` (conf/train/zoo-*.yaml) and add the "
+            "run folder with `python -m srkit.zoo add <part> <run folder>`"
+        )
+    return [known[name] for name in names]
+
+
+def part_config(found: list[Part]) -> dict[str, Any]:
+    """The constructor values of ``found`` (a data part's file name becomes its path in the package)."""
+    config: dict[str, Any] = {}
+    for part in found:
+        for key, value in (part.config or {}).items():
+            config[key] = str(part.path) if part.module is None else value
+    return config
+
+
+def _sha256(path: Path) -> str:
+    from ..weights import file_sha256  # srkit.weights imports torch: not at `import srkit`
+
+    return file_sha256(path)
+
+
+def _checked(part: Part) -> Path:
+    path = part.path
+    if not path.is_file():
+        raise WeightsNotFoundError(f"zoo part {part.name}: {path} is missing; reinstall srkit (the zoo ships inside the package)")
+    digest = _sha256(path)
+    if digest != part.sha256:
+        raise ConfigError(f"zoo part {part.name}: {path} has sha256 {digest}, not the pinned {part.sha256}; "
+                          "the file was changed or damaged: reinstall srkit")
+    return path
+
+
+def load_parts(model: Any, found: list[Part]) -> None:
+    """Load every module part of ``found`` strictly into ``model`` and check the data parts' hashes."""
+    from safetensors.torch import load_file
+
+    from ..weights import load_state_dict_strict
+
+    for part in found:
+        path = _checked(part)
+        if part.module is None:
+            continue
+        try:
+            module = model.get_submodule(part.module)
+        except AttributeError:
+            raise ConfigError(f"zoo part {part.name} belongs in a model with a {part.module!r} module; "
+                              f"{type(model).__name__} has none") from None
+        load_state_dict_strict(module, load_file(str(path)), source=f"zoo part {part.name} ({path.name})")
+
+
+def publish(part: str, source: str | os.PathLike[str], *, recipe: str, module: str | None = None, key: str | None = None,
+            ema: bool = True) -> Part:
+    """Add a training run's module (its EMA copy when there is one) to the zoo as ``part``: the file, its sha256, its
+    network config and recipe into ``zoo.yaml``; the run's ``log.jsonl`` and ``loss.png`` into ``logs/<part>/``.
+    ``ema=False`` takes the live weights instead (when the EMA still averages in much of a short run's start).
+    A file (e.g. a scale file from ``srkit calibrate``) is added as a data part, ``key`` naming the constructor
+    argument that takes it. ``recipe``: ``conf/train/<recipe>.yaml`` or the command that made the file."""
+    from omegaconf import OmegaConf
+
+    from ..registry import PRETRAINED_CONFIG
+
+    source = Path(source)
+    folder = zoo_dir()
+    if source.is_file():
+        if key is None:
+            raise ConfigError("a data part needs the constructor argument that takes it: --key <name>")
+        target = folder / f"{part}{source.suffix}"
+        shutil.copyfile(source, target)
+        entry = Part(part, target.name, _sha256(target), recipe, None, {key: target.name})
+    else:
+        record = OmegaConf.to_container(OmegaConf.load(source / PRETRAINED_CONFIG), resolve=True)
+        assert isinstance(record, dict)
+        modules = {**record["modules"], **(record["ema"] if ema else {})}  # the EMA copy replaces the live weights
+        if module is None:
+            if len(modules) != 1:
+                raise ConfigError(f"{source} holds {sorted(modules)}: pick one with --module")
+            module = next(iter(modules))
+        target = folder / f"{part}.safetensors"
+        shutil.copyfile(source / modules[module], target)
+        run_config = OmegaConf.to_container(OmegaConf.load(source / "config.yaml"), resolve=True) \
+            if (source / "config.yaml").is_file() else {}
+        config_key = MODULE_CONFIG_KEYS[module]
+        entry = Part(part, target.name, _sha256(target), recipe, module, {config_key: record["config"].get(config_key)})
+        logs = folder / "logs" / part
+        logs.mkdir(parents=True, exist_ok=True)
+        for name in ("log.jsonl", "loss.png", "validation.png"):
+            if (source / name).is_file():
+                shutil.copyfile(source / name, logs / name)
+        if run_config:
+            (logs / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_config)))
+    manifest_path = folder / MANIFEST
+    current = OmegaConf.to_container(OmegaConf.load(manifest_path)) if manifest_path.is_file() else {}
+    assert isinstance(current, dict)
+    current.setdefault("parts", {})[part] = {k: v for k, v in entry.__dict__.items() if k != "name"}
+    tmp = manifest_path.with_name(f".{MANIFEST}.tmp")
+    tmp.write_text("# srkit-zoo parts, written by `python -m srkit.zoo add` (srkit/zoo/__init__.py); sizes and sha256 pinned\n"
+                   + OmegaConf.to_yaml(OmegaConf.create(current)))
+    os.replace(tmp, manifest_path)
+    return entry
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m srkit.zoo", description="add a trained part to srkit's zoo")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add = commands.add_parser("add", help="add a training run's module (or a data file) as a part")
+    add.add_argument("part")
+    add.add_argument("source", help="a srkit train run folder, or a data file (e.g. a scale file)")
+    add.add_argument("--module", help="the run's module to add (default: its only one)")
+    add.add_argument("--key", help="a data file's constructor argument (e.g. scales)")
+    add.add_argument("--live", action="store_true", help="the live weights, not the run's EMA copy")
+    add.add_argument("--recipe", required=True, help="how it was made: conf/train/<recipe>.yaml, or the command")
+    args = parser.parse_args(argv)
+    entry = publish(args.part, args.source, recipe=args.recipe, module=args.module, key=args.key,
+                    ema=not args.live)
+    print(json.dumps({k: v for k, v in entry.__dict__.items() if k != "config"}))
