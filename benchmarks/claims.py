@@ -93,8 +93,11 @@ def claim_lpnsr(pairs: Sequence[Any], score: Scorer) -> dict[str, Any]:
     reproduced = all(perceptual["beats Gaussian at 2, 3, 4 steps"]) and perceptual["loses less"]
     return {"rows": rows, "verdicts": verdicts, "reproduced": bool(reproduced),
             "why": f"HaarPSI: predicted beats Gaussian at 2/3/4 steps: {perceptual['beats Gaussian at 2, 3, 4 steps']}; "
-                   f"quality lost from 4 to 2 steps: predicted {perceptual['loss 4 -> 2 steps']['predicted']:+.4f}, "
-                   f"Gaussian {perceptual['loss 4 -> 2 steps']['Gaussian']:+.4f}"}
+                   f"quality lost from 4 to 2 steps (4-step minus 2-step HaarPSI; negative: fewer steps scored higher): "
+                   f"predicted {perceptual['loss 4 -> 2 steps']['predicted']:+.4f}, "
+                   f"Gaussian {perceptual['loss 4 -> 2 steps']['Gaussian']:+.4f}",
+            "note": "Both halves must hold for 'reproduced'. The predictor (lpnsr-mini) was trained for L1 alone (no LPIPS, "
+                    "no GAN: recipe conf/train/zoo-lpnsr.yaml)."}
 
 
 def monotone(values: Sequence[float], increasing: bool) -> bool:
