@@ -79,6 +79,13 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
+def pad_to_power_of_two(x: Tensor) -> Tensor:
+    """Reflect-pad bottom and right to sides that are powers of two (LPNSR's official inference, "for FFT")."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (1 << (h - 1).bit_length()) - h, (1 << (w - 1).bit_length()) - w
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else x
+
+
 def apply_padded(fn: Callable[[Tensor], Tensor], x: Tensor, *, scale: float, multiple: int = 1) -> Tensor:
     """``fn(x)`` with ``x`` padded to a multiple of ``multiple`` and the output cropped back."""
     h, w = x.shape[-2:]

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...backends.swin_unet import SwinUNetNoisePredictor
@@ -38,6 +37,7 @@ from ...diffusion import Chain, DiffusionMethod, MeanCorrectionHook, NoiseHook
 from ...errors import ConfigError, UnsupportedError
 from ...pipelines.residual_shift import ResidualShiftMethod
 from ...registry import backend_config
+from ...tiling import pad_to_power_of_two
 from ...types import Sampler, SRMethod
 from . import DESCRIPTOR
 
@@ -204,9 +204,7 @@ class LPNSR(ResidualShiftMethod):
         if not self.power_of_two_padding:
             return super()._sr(lr, steps=steps, generator=generator, **knobs)
         height, width = lr.shape[-2:]
-        pad_h, pad_w = (1 << (height - 1).bit_length()) - height, (1 << (width - 1).bit_length()) - width
-        padded = F.pad(lr, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else lr
-        out = super()._sr(padded, steps=steps, generator=generator, **knobs)
+        out = super()._sr(pad_to_power_of_two(lr), steps=steps, generator=generator, **knobs)
         return out[..., : self.scale * height, : self.scale * width]
 
     def _check_steps(self, steps: int | None) -> int | None:
