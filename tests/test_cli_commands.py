@@ -44,9 +44,9 @@ BAD_VALUES = [
     ("bench", "+tabels=[x]", "srkit bench has no option 'tabels'. Did you mean 'tables'?"),
     ("stability", "runs=1", "runs=1 is not valid: runs takes a whole number >= 2"),
     ("stability", "seeds=[3,3]", "seeds takes a list of at least 2 different whole numbers >= 0"),
-    ("stability", "metrics=[psnr,ssimm]", "metrics takes one of the metrics brisque, clipiqa, dists, fid, liqe, lpips, lpips-vgg, "
-                                          "maniqa, musiq, nima, niqe, pi, psnr, psnr-rgb, sharpness, ssim, ssim-yiq, topiq_fr, "
-                                          "topiq_nr ('ssimm' is none; did you mean 'ssim'?)"),
+    ("stability", "metrics=[psnr,ssimm]", "metrics takes one of the metrics brisque, clipiqa, dists, fid, gmsd, haarpsi, liqe, lpips, "
+                                          "lpips-vgg, maniqa, musiq, nima, niqe, pi, psnr, psnr-rgb, sharpness, ssim, ssim-yiq, "
+                                          "topiq_fr, topiq_nr ('ssimm' is none; did you mean 'ssim'?)"),
     ("stability", "dataset=nowhere", "dataset takes an existing folder holding HR/ and LR/"),
     ("stability", "crop_border=-1", "crop_border=-1 is not valid: crop_border takes a whole number >= 0"),
     ("stability", "max_images=0", "max_images=0 is not valid: max_images takes a whole number >= 1, or null"),
