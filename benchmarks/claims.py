@@ -115,24 +115,50 @@ def lr_sweep(model: Any, pairs: Sequence[Any], score: Scorer, label: str, rows: 
     return trade, f"{label}: PSNR {[round(v, 3) for v in psnr]}, sharpness {[round(v, 1) for v in sharp]}"
 
 
+def halves(outputs: Sequence[torch.Tensor], pairs: Sequence[Any]) -> dict[str, tuple[list[torch.Tensor], list[Any]]]:
+    """Outputs and pairs cut to the reference (left) and scored (right) halves of PG Table 2's region protocol."""
+    from types import SimpleNamespace
+
+    from srkit.metrics.bench import Sample, scored_region
+
+    cut: dict[str, tuple[list[torch.Tensor], list[Any]]] = {"left": ([], []), "right": ([], [])}
+    for out, pair in zip(outputs, pairs):
+        right, scored = scored_region("left-half", out, Sample("", pair.lr, pair.hr), 4)
+        width = out.shape[-1] - right.shape[-1]
+        cut["left"][0].append(out[..., :width])
+        cut["left"][1].append(SimpleNamespace(hr=pair.hr[..., :width]))
+        cut["right"][0].append(right)
+        cut["right"][1].append(scored)
+    return cut
+
+
 def claim_pg(pairs: Sequence[Any], score: Scorer) -> dict[str, Any]:
     from srkit import load
+    from srkit.metrics.bench import reference_mask
 
-    calibrated = load("pg-resshift", weights="zoo")  # the zoo's scale file (srkit calibrate, non-reference mode)
+    calibrated = load("pg-resshift", weights="zoo")  # the zoo's scale file: Algorithm 1, autograd gradient
     unit = load("pg-resshift", weights="zoo", scales=1.0)  # alpha_t = 1: the sign-flipped direction as written
     rows: dict[str, Any] = {}
     trade, calibrated_summary = lr_sweep(calibrated, pairs, score, "LR guidance, calibrated alpha", rows)
     unit_trade, unit_summary = lr_sweep(unit, pairs, score, "LR guidance, alpha 1", rows)
-    # HR guidance (reference mode) on the whole image with alpha 1: Eq. 9-11's posterior mean given the HR latent.
-    hr_rows = [score([unit.sr(p.lr[None], seed=0, guide=p.hr[None], strength=s) for p in pairs], pairs) for s in (0.0, 1.0)]
-    rows["HR guidance (whole image), alpha 1, strength 0"], rows["HR guidance (whole image), alpha 1, strength 1"] = hr_rows
-    hr_raises = hr_rows[1]["psnr"] > hr_rows[0]["psnr"]
+    # HR guidance on the reference (left) half only (Sec. 3.4's region protocol), alpha 1: PSNR where it guides and on
+    # the non-overlapped (right) half, per gradient reading.
+    psnr: dict[str, float] = {}
+    for gradient in ("autograd", "closed-form"):
+        for strength in (0.0, 1.0):
+            outputs = [unit.sr(p.lr[None], seed=0, guide=p.hr[None], strength=strength, gradient=gradient,
+                               guide_mask=reference_mask("left-half", p.lr)) for p in pairs]
+            for half, (cut, cut_pairs) in halves(outputs, pairs).items():
+                label = f"HR guidance on the left half ({gradient}), alpha 1, strength {strength:g}: {half} half"
+                rows[label] = score(cut, cut_pairs)
+                psnr[f"{gradient} {strength:g} {half}"] = rows[label]["psnr"]
+    hr_raises = all(psnr[f"{g} 1 left"] > psnr[f"{g} 0 left"] for g in ("autograd", "closed-form"))
+    hr_summary = "; ".join(f"{g}: left {psnr[f'{g} 0 left']:.3f} -> {psnr[f'{g} 1 left']:.3f}, right "
+                           f"{psnr[f'{g} 0 right']:.3f} -> {psnr[f'{g} 1 right']:.3f}" for g in ("autograd", "closed-form"))
     return {"rows": rows, "scales": [float(a) for a in calibrated.scales.alpha], "reproduced": bool(trade and hr_raises),
             "lr_trade_calibrated": bool(trade), "lr_trade_alpha_1": bool(unit_trade), "hr_raises_psnr": bool(hr_raises),
             "why": f"{calibrated_summary} (monotone trade: {trade}); {unit_summary} (monotone trade: {unit_trade}); HR "
-                   f"guidance PSNR {hr_rows[0]['psnr']:.3f} -> {hr_rows[1]['psnr']:.3f}; the region protocol (guide on "
-                   "one region, score the other) is not implemented yet (issue 21), so HR guidance is scored on the "
-                   "whole image it guides"}
+                   f"guidance on the left half, PSNR {hr_summary} (raises PSNR where it guides: {hr_raises})"}
 
 
 CLAIMS: dict[str, tuple[str, Callable[..., dict[str, Any]]]] = {
@@ -141,7 +167,7 @@ CLAIMS: dict[str, tuple[str, Callable[..., dict[str, Any]]]] = {
     "2": ("LPNSR: predicted noise beats Gaussian noise at 2, 3 and 4 steps, and loses less quality as steps drop "
           "(LPNSR Tables 1 and 4, direction).", claim_lpnsr),
     "3": ("PG-ResShift: LR sign-flipped guidance trades PSNR for no-reference sharpness, monotone in strength "
-          "(PG Table 2, direction); HR guidance raises PSNR.", claim_pg),
+          "(PG Table 2, direction); HR guidance in the reference region raises PSNR there.", claim_pg),
 }
 
 
@@ -164,7 +190,7 @@ def write_markdown(path: Path, results: dict[str, Any], unavailable: dict[str, s
         verdict = "reproduced" if result["reproduced"] else "not reproduced"
         lines += ["", f"## Claim {key}: {verdict}", "", claim, "", f"Measured: {result['why']}.", ""]
         if "scales" in result:
-            lines += [f"Calibrated scales alpha_t (t = 0..3, zoo part pg-resshift-mini-scales): "
+            lines += [f"Calibrated scales alpha_t (t = 0..3, zoo part pg-resshift-mini-scales, Algorithm 1, autograd): "
                       f"{[round(a, 4) for a in result['scales']]}.", ""]
         columns = list(next(iter(result["rows"].values())))
         lines += ["| row | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]

@@ -115,8 +115,11 @@ def load_tables(folder: str | os.PathLike[str] | None = None, names: Sequence[st
                 raise ConfigError(f"{path.name}: unknown column {column!r}; columns are {known_columns} (+ _gstd)")
         # protocol.load: per-method constructor arguments of every row (a row's own load overrides them), e.g. the
         # checkpoint a paper's numbers come from.
+        # protocol.region: the region protocol (REGIONS) of every row, a knob of its sr (a row's own sr overrides it).
         shared_load = spec["protocol"].get("load") or {}
-        rows = [Row(**{**r, "load": {**shared_load.get(r.get("method"), {}), **(r.get("load") or {})}}) for r in spec["rows"]]
+        shared_sr = {"region": spec["protocol"]["region"]} if spec["protocol"].get("region") else {}
+        rows = [Row(**{**r, "load": {**shared_load.get(r.get("method"), {}), **(r.get("load") or {})},
+                       "sr": {**shared_sr, **(r.get("sr") or {})}}) for r in spec["rows"]]
         for row in rows:
             if len(row.paper) != len(metrics):
                 raise ConfigError(f"{path.name}: row {row.label!r} has {len(row.paper)} paper values for {len(metrics)} columns")
@@ -265,15 +268,45 @@ class MetricCache:
         return self.metrics[key]
 
 
+# The region protocol of PG-ResShift Sec. 3.4 / Table 2 ("non-overlapped region"): the HR is known on a reference
+# region, where an HR guide acts; an LR guide acts on the rest, and only the rest is scored.
+REGIONS = ("left-half",)
+
+
+def reference_mask(region: str, lr: Tensor) -> Tensor:
+    """(1, 1, h, w) at the LR's size: 1 on the reference region (``left-half``: the left w // 2 columns)."""
+    if region not in REGIONS:
+        raise ConfigError(f"region must be one of {list(REGIONS)} or null, got {region!r}")
+    mask = lr.new_zeros(1, 1, *lr.shape[-2:])
+    mask[..., : lr.shape[-1] // 2] = 1
+    return mask
+
+
+def scored_region(region: str | None, out: Tensor, sample: Sample, scale: int) -> tuple[Tensor, Sample]:
+    """The output and the sample cut to the scored (non-reference) region; both whole without a region."""
+    if region is None:
+        return out, sample
+    left = sample.lr.shape[-1] - int((1 - reference_mask(region, sample.lr)[0, 0, 0]).sum())  # first unguided column
+    hr = None if sample.hr is None else sample.hr[..., scale * left :]
+    return out[..., scale * left :], Sample(sample.name, sample.lr[..., left:], hr)
+
+
 def sample_knobs(knobs: dict[str, Any], sample: Sample) -> dict[str, Any]:
-    """The ``sr`` knobs for one image: a table's ``guide: hr`` / ``guide: lr`` becomes that image's HR / LR tensor."""
+    """The ``sr`` knobs for one image: a table's ``guide: hr`` / ``guide: lr`` becomes that image's HR / LR tensor;
+    with a ``region``, the HR guide gets the reference region as its ``guide_mask`` and the LR guide the rest."""
+    knobs = dict(knobs)
+    region = knobs.pop("region", None)
     guide = knobs.get("guide")
     if guide not in ("hr", "lr"):
         return knobs
     image = sample.hr if guide == "hr" else sample.lr
     if image is None:
         raise ConfigError(f"guide: {guide} needs the dataset's HR images, and {sample.name} has none")
-    return {**knobs, "guide": image[None]}
+    knobs["guide"] = image[None]
+    if region is not None:
+        reference = reference_mask(region, sample.lr)
+        knobs["guide_mask"] = reference if guide == "hr" else 1 - reference
+    return knobs
 
 
 class ModelCache:
@@ -327,6 +360,7 @@ def measure_unit(
     result.params_m = sum(p.numel() for p in learned.values()) / 1e6  # what the papers count: the learned modules
     result.total_params_m = sum(p.numel() for p in model.parameters()) / 1e6
     knobs = json.loads(unit.sr)
+    region = knobs.get("region")
     seeds = sorted(work.seeds)
     seed_free = model.descriptor.steps is None
     keys = sorted(work.keys)
@@ -351,8 +385,11 @@ def measure_unit(
                     return result
                 result.seconds.append(time.perf_counter() - start)
                 out = out.float().cpu()
+            scored_out, scored_sample = scored_region(region, out, sample, model.scale)
             if seed == seeds[0]:
                 write_image(image_dir / unit.dataset / unit.slug / f"{sample.name}.png", out[0])
+                if region is not None:  # what FID compares
+                    write_image(image_dir / unit.dataset / f"{unit.slug}_scored" / f"{sample.name}.png", scored_out[0])
             for (crop, stability_seeds), std in local.items():
                 if seed in stability_seeds:
                     std.update(out[0, :, crop : out.shape[-2] - crop, crop : out.shape[-1] - crop])
@@ -363,7 +400,7 @@ def measure_unit(
                 continue
             previous = (seed, out)
             for key in keys:
-                value = _metric_value(metrics, key, out, sample, result.reasons)
+                value = _metric_value(metrics, key, scored_out, scored_sample, result.reasons)
                 if value is not None:
                     per_metric.setdefault(key, {})[seed] = value
         result.values[sample.name] = per_metric
@@ -592,7 +629,8 @@ def unit_of(row: Row, dataset: str) -> Unit | None:
 
 
 def dataset_fid(unit: Unit, found: Mapping[str, Sequence[Sample]], metrics: MetricCache, image_dir: Path) -> dict[str, Any]:
-    """FID between the unit's outputs (first seed) and the dataset's HR images (pyiqa, folder mode)."""
+    """FID between the unit's outputs (first seed) and the dataset's HR images (pyiqa, folder mode), both cut to the
+    scored region when the unit has one."""
     from ..io import write_image
 
     metric = metrics.get("fid")
@@ -601,12 +639,16 @@ def dataset_fid(unit: Unit, found: Mapping[str, Sequence[Sample]], metrics: Metr
     samples = found[unit.dataset]
     if any(s.hr is None for s in samples):
         return {"reason": "the dataset has no HR images (FID against HR)"}
-    hr_dir = image_dir / unit.dataset / "_HR"
+    region = json.loads(unit.sr).get("region")
+    hr_dir = image_dir / unit.dataset / ("_HR" if region is None else f"_HR_{region}")
     for s in samples:
         if not (hr_dir / f"{s.name}.png").exists():
-            write_image(hr_dir / f"{s.name}.png", s.hr)
+            assert s.hr is not None
+            scale = s.hr.shape[-1] // s.lr.shape[-1]
+            write_image(hr_dir / f"{s.name}.png", scored_region(region, s.hr[None], s, scale)[1].hr)
+    outputs = image_dir / unit.dataset / (unit.slug if region is None else f"{unit.slug}_scored")
     try:
-        return {"value": metric(image_dir / unit.dataset / unit.slug, hr_dir)}
+        return {"value": metric(outputs, hr_dir)}
     except Exception as err:  # pyiqa's FID downloads its Inception weights on first use
         return {"reason": f"FID failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"}
 

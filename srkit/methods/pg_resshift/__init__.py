@@ -26,7 +26,9 @@ DESCRIPTOR = MethodDescriptor(
 
 TARGET = "srkit.methods.pg_resshift.method:PosteriorGuidedResShift"
 __getattr__ = lazy_exports(__name__, {
-    "PosteriorGuidedResShift": "method", "calibrate": "calibration", "run_calibration": "calibration",
-    **dict.fromkeys(["MODES", "GuidanceScales", "PosteriorGuidance", "PosteriorGuidanceStep", "kl_direction", "kl_gradient",
-                     "read_scales"], "guidance"),
+    "PosteriorGuidedResShift": "method",
+    **dict.fromkeys(["DEFAULT_CANDIDATES", "algorithm1_terms", "calibrate", "choose_scales", "eq10_sums", "run_calibration"],
+                    "calibration"),
+    **dict.fromkeys(["GRADIENTS", "MODES", "GuidanceScales", "PosteriorGuidance", "PosteriorGuidanceStep",
+                     "guidance_direction", "kl_direction", "kl_gradient", "read_scales"], "guidance"),
 })

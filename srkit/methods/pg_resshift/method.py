@@ -12,7 +12,7 @@ import torch
 from ...diffusion import MeanCorrectionHook, NoiseHook
 from ...pipelines.residual_shift import ResidualShiftMethod
 from . import DESCRIPTOR
-from .guidance import PosteriorGuidance
+from .guidance import MODES, PosteriorGuidance
 
 __all__ = ["PosteriorGuidedResShift"]
 
@@ -20,26 +20,23 @@ __all__ = ["PosteriorGuidedResShift"]
 class PosteriorGuidedResShift(ResidualShiftMethod):
     """ResShift with the posterior guidance of Prop. 3.3.1 / Remark 3.3.1 (plug-in: nothing is trained).
 
-    ``sr(lr, guide=, mode=, strength=)`` (see :class:`~srkit.methods.pg_resshift.guidance.PosteriorGuidance`):
+    ``sr(lr, guide=, guide_mask=, mode=, strength=, gradient=)`` (see
+    :class:`~srkit.methods.pg_resshift.guidance.PosteriorGuidance`):
 
     - ``guide="lr"`` (default) or an LR-size tensor: **non-reference** mode (Algorithm 2), s = +1: the step is
       pushed up the KL gradient away from the LR, the paper's sign flip for perceptual sharpness. The guide's latent
       is exactly the chain's y: ``encode_upsampled`` of the padded guide in [-1, 1].
     - a tensor at output size (the HR): **reference** mode (Eq. (11)), s = -1: the step descends the KL to the HR
       (fidelity). The HR is already at output size, so its latent is the encoder of the padded HR, no upsampling.
-    - ``mode`` overrides the mode implied by the guide; ``strength`` multiplies the calibrated alpha_t (0: ResShift).
+    - ``guide_mask`` (LR size, 0/1): guidance on that region only (Sec. 3.4's reference / non-reference regions).
+    - ``mode`` overrides the mode implied by the guide; ``strength`` multiplies the calibrated alpha_t (0: ResShift);
+      ``gradient`` overrides the constructor's.
 
-    ``scales``: a file written by :func:`calibrate` / ``srkit calibrate``, or inline alpha values (one, or one per
-    step index t = 0..T-1). Default: alpha_t = 1, a documented choice (the paper gives no values): in Sigma units the
-    correction is then x0_pred -> x0_pred - s (x0_pred - z_c), i.e. the reference mode lands the last step on the
-    HR latent and the non-reference mode extrapolates x0_pred by its distance from the LR latent.
-
-    Calibration (Algorithm 1 with Eqs. (9)-(10), B dropped as the paper does): along the unguided chain from each
-    LR, at every step, Delta = mu_t(HR) - mu_t(SR) where mu_t(HR) is the step mean of the forward process of the HR,
-    q(x_{t-1} | x_t, x0 = z_HR), and mu_t(SR) the model's; G = s Sigma_t grad D_KL(SR || guide). The scale is the least
-    squares alpha = sum <Delta, G> / sum ||G||^2, per step (sums over pairs) or as one scalar (over pairs and steps).
-    Alg. 1's objective line "||Delta|| - ||alpha G||" is read as this squared residual ||Delta - alpha G||^2 of Eq.
-    (10). In reference mode Delta = G exactly, so alpha = 1: full correction is the exact HR posterior step.
+    ``scales`` / ``reference_scales``: alpha_t of the non-reference / reference mode, a file written by
+    :func:`calibrate` / ``srkit calibrate`` for that mode and ``gradient``, or inline values (one, or one per step
+    index t = 0..T-1); default alpha_t = 1 (the paper gives no values). ``gradient``: ``"autograd"`` (the paper's
+    grad_{x_t} through the denoiser) or ``"closed-form"`` (with respect to the step mean; no extra network pass).
+    Calibration: Algorithm 1 for the LR guide, Eqs. (9)-(10) for the HR guide (:mod:`.calibration`).
     """
 
     descriptor = DESCRIPTOR
@@ -55,14 +52,18 @@ class PosteriorGuidedResShift(ResidualShiftMethod):
         noise: NoiseHook | None = None,
         mean_correction: MeanCorrectionHook | None = None,
         version: str | None = None,
+        gradient: str = "autograd",
+        reference_scales: str | Path | float | Sequence[float] | None = None,
     ):
-        guidance = mean_correction if mean_correction is not None else PosteriorGuidance(scales)
+        guidance = mean_correction if mean_correction is not None else PosteriorGuidance(
+            scales, gradient=gradient, reference_scales=reference_scales)
         super().__init__(steps, weights, dtype, unet_config, autoencoder_config, noise=noise, mean_correction=guidance,
                          version=version)
-        if isinstance(guidance, PosteriorGuidance):
-            guidance.scales(self.sampler.num_steps)  # a wrong scale file fails now, not at the first image
+        if isinstance(guidance, PosteriorGuidance):  # a wrong scale file fails now, not at the first image
+            for mode in MODES:
+                guidance.scales(self.sampler.num_steps, mode)
 
     @property
     def scales(self) -> Any:
-        """The guidance scales alpha_t of the default hook."""
+        """The non-reference (LR guide) scales alpha_t of the default hook."""
         return self.mean_correction_hook.scales(self.sampler.num_steps)  # type: ignore[union-attr]
