@@ -155,7 +155,10 @@ def claim_pg(pairs: Sequence[Any], score: Scorer) -> dict[str, Any]:
     hr_raises = all(psnr[f"{g} 1 left"] > psnr[f"{g} 0 left"] for g in ("autograd", "closed-form"))
     hr_summary = "; ".join(f"{g}: left {psnr[f'{g} 0 left']:.3f} -> {psnr[f'{g} 1 left']:.3f}, right "
                            f"{psnr[f'{g} 0 right']:.3f} -> {psnr[f'{g} 1 right']:.3f}" for g in ("autograd", "closed-form"))
-    return {"rows": rows, "scales": [float(a) for a in calibrated.scales.alpha], "reproduced": bool(trade and hr_raises),
+    sweep = {label: [(strength, rows[f"LR guidance, {label}, strength {strength:g}"]) for strength in PG_STRENGTHS]
+             for label in ("calibrated alpha", "alpha 1")}
+    return {"rows": rows, "sweep": sweep, "scales": [float(a) for a in calibrated.scales.alpha],
+            "reproduced": bool(trade and hr_raises),
             "lr_trade_calibrated": bool(trade), "lr_trade_alpha_1": bool(unit_trade), "hr_raises_psnr": bool(hr_raises),
             "why": f"{calibrated_summary} (monotone trade: {trade}); {unit_summary} (monotone trade: {unit_trade}); HR "
                    f"guidance on the left half, PSNR {hr_summary} (raises PSNR where it guides: {hr_raises})"}
@@ -213,6 +216,12 @@ def measure_claims(out: str | Path, claims: Sequence[str] = tuple(CLAIMS)) -> Pa
         log.info("claim %s: %s", key, CLAIMS[key][0])
         results[key] = CLAIMS[key][1](pairs, score)
         log.info("claim %s: %s (%s)", key, "reproduced" if results[key]["reproduced"] else "not reproduced", results[key]["why"])
+    if "3" in results:  # the PG guidance-strength sweep (srkit.metrics.figures, the [plots] extra)
+        from srkit.metrics.figures import sweep_plot
+
+        results["3"]["figure"] = sweep_plot(out / "claims_pg_strength.png", "LR guidance strength", results["3"]["sweep"],
+                                            ["psnr", "haarpsi", "sharpness"], "PG-ResShift zoo: LR guidance strength")
+        log.info("claim 3 figure: %s", results["3"]["figure"])
     (out / "claims.json").write_text(json.dumps({"results": results, "unavailable": score.unavailable}, indent=1))
     write_markdown(out / "claims.md", results, score.unavailable)
     return out / "claims.md"

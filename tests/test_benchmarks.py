@@ -94,7 +94,11 @@ def test_harness_writes_tables_with_measured_values_and_reasons(tables_dir, tmp_
     monkeypatch.setattr(iqa, "_pyiqa_metric", unavailable)
     out = tmp_path / "out"
     record = run_benchmark(out=out, datasets={"realsr": samples()}, methods=["bicubic"], tables_dir=str(tables_dir))
-    assert sorted(p.name for p in out.iterdir()) == ["grid_realsr.png", "images", "results.json", "tiny.csv", "tiny.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["grid_realsr.png", "images", "l_std_realsr.png",
+                                                     "perception_distortion_realsr.png", "results.json", "steps_realsr.png",
+                                                     "tiny.csv", "tiny.md"]
+    assert record["figures"]["realsr"] == {name: str(out / f"{file}_realsr.png") for name, file in [
+        ("metric_vs_steps", "steps"), ("perception_distortion", "perception_distortion"), ("l_std_maps", "l_std")]}
     rows = record["tables"][0]["rows"]
     cells = {c["column"]: c for c in rows[0]["cells"]}
     bicubic = srkit.load("bicubic")

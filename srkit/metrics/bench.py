@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .. import zoo
@@ -245,6 +246,7 @@ class Measured:
     total_params_m: float | None = None
     reasons: dict[str, str] = field(default_factory=dict)  # metric key -> why n/a
     error: str | None = None
+    std_map: Tensor | None = None  # the per-pixel std over seeds of the first image (mean over channels), float16
 
 
 def metric_key(name: str, crop: int) -> str:
@@ -406,6 +408,8 @@ def measure_unit(
         result.values[sample.name] = per_metric
         for request, std in local.items():
             if len(request[1]) > 1:
+                if result.std_map is None:
+                    result.std_map = std.std_map().mean(0).half()
                 result.l_std.setdefault(request, {})[sample.name] = std.image_value()
     return result
 
@@ -437,6 +441,7 @@ def merge(parts: Sequence[Measured], order: Sequence[str]) -> Measured:
     merged = Measured(params_m=parts[0].params_m, total_params_m=parts[0].total_params_m)
     for part in parts:
         merged.error = merged.error or part.error
+        merged.std_map = merged.std_map if merged.std_map is not None else part.std_map
         merged.reasons.update(part.reasons)
         merged.values.update(part.values)
         for request, values in part.l_std.items():
@@ -584,9 +589,19 @@ def run_benchmark(
     for tr in results:
         write_markdown(out / f"{tr.table.id}.md", tr, record["metric_options"])
         write_csv(out / f"{tr.table.id}.csv", tr)
+    labels: dict[Unit, str] = {}
+    for spec in specs:
+        for row in spec.rows:
+            unit = unit_of(row, source(row.dataset))
+            if unit is not None:
+                labels.setdefault(unit, row.label + (" (right half scored)" if row.sr.get("region") else ""))
+    record["figures"] = {}
     for dataset, samples in found.items():
         units = [u for u in measured if u.dataset == dataset and not measured[u].error]
-        write_grid(out / f"grid_{dataset}.png", samples, units, image_dir / dataset)
+        write_grid(out / f"grid_{dataset}.png", samples, units, image_dir / dataset, measured, labels)
+        record["figures"][dataset] = write_plots(out, dataset, units, measured, labels)
+        for name, where in record["figures"][dataset].items():
+            log.info("  %s %s: %s", dataset, name, where)
     (out / "results.json").write_text(json.dumps(record, indent=1, default=str))
     log.info("wrote %d tables (.md, .csv), grids and results.json to %s", len(results), out.resolve())
     return record
@@ -606,6 +621,7 @@ def plan_work(specs: Sequence[Table], source: Callable[[str], str], scale: int) 
             work = plan.setdefault(unit, Work())
             work.seeds.update(spec.seeds)
             work.keys.update(metric_key(c.removesuffix("_gstd"), crop) for c in spec.metrics if c not in SPECIAL_COLUMNS)
+            work.keys.add("haarpsi")  # weight-free (piq): the plots' perceptual axis when the tables' need weights
             if stability:
                 work.stability.add((crop, tuple(spec.seeds)))
     first_seen = {key: index for index, key in enumerate(dict.fromkeys((u.method, u.load) for u in plan))}
@@ -751,37 +767,82 @@ def write_csv(path: Path, tr: TableResult) -> None:
                 writer.writerow([tr.table.id, row["dataset"], row["label"], row["method"] or "", settings, *cells])
 
 
-def write_grid(path: Path, samples: Sequence[Sample], units: Sequence[Unit], folder: Path) -> None:
-    """Centre crops of the first images: LR (nearest), each unit's output, HR; one row per image."""
-    import torch.nn.functional as F
+def unit_means(measured: Measured) -> dict[str, float]:
+    """Each metric key's mean over the images at the first seed measured."""
+    per_key: dict[str, list[float]] = {}
+    for values in measured.values.values():
+        for key, by_seed in values.items():
+            per_key.setdefault(key, []).append(by_seed[min(by_seed)])
+    return {key: sum(v) / len(v) for key, v in per_key.items()}
 
-    from ..demo import side_by_side
-    from ..io import read_image, write_image
+
+def write_grid(path: Path, samples: Sequence[Sample], units: Sequence[Unit], folder: Path,
+               measured: Mapping[Unit, Measured], labels: Mapping[Unit, str]) -> Path | None:
+    """The zoom grid of the first :data:`GRID_IMAGES` images (:func:`srkit.metrics.figures.zoom_grid`): the whole HR
+    with the box, then the zoomed LR (nearest), each unit's output with its metric values, and the HR."""
+    from ..io import read_image
+    from .figures import Panel, detail_window, write_zoom_grid
 
     rows = []
     for sample in samples[:GRID_IMAGES]:
         h, w = sample.lr.shape[-2:]
         scale = sample.hr.shape[-1] // w if sample.hr is not None else 4
+        lr_up = F.interpolate(sample.lr[None], scale_factor=scale, mode="nearest")[0]
+        overview = sample.hr if sample.hr is not None else lr_up
         size = min(GRID_CROP, h * scale, w * scale) // scale * scale
-        top, left = (h * scale - size) // 2 // scale * scale, (w * scale - size) // 2 // scale * scale
+        top, left = detail_window(overview, size, multiple=scale)
 
         def crop(x: Tensor, top: int = top, left: int = left, size: int = size) -> Tensor:
             return x[..., top : top + size, left : left + size]
 
-        lr_up = F.interpolate(sample.lr[None], scale_factor=scale, mode="nearest")[0]
-        panels = {"LR": crop(lr_up)}
+        panels = [Panel("LR (nearest)", crop(lr_up))]
         for unit in units:
             file = folder / unit.slug / f"{sample.name}.png"
             if file.exists():
                 image = read_image(file)
                 if image.shape[-2:] == lr_up.shape[-2:]:
-                    panels[unit.slug.rsplit("_", 1)[0].rstrip("_")[:24]] = crop(image)
+                    values = {k: v[min(v)] for k, v in measured[unit].values.get(sample.name, {}).items()}
+                    panels.append(Panel(labels.get(unit, unit.method), crop(image), values))
         if sample.hr is not None:
-            panels["HR"] = crop(sample.hr)
-        rows.append(side_by_side(panels))
-    if rows:
-        width = max(r.shape[-1] for r in rows)
-        write_image(path, torch.cat([F.pad(r, (0, width - r.shape[-1]), value=1.0) for r in rows], dim=1))
+            panels.append(Panel("HR", crop(sample.hr)))
+        rows.append((overview, (top, left, size), panels))
+    return write_zoom_grid(path, rows)
+
+
+# Perceptual metrics for the perception-distortion plot, in order of preference, and whether lower is better.
+PERCEPTION = (("lpips", True), ("dists", True), ("haarpsi", False), ("niqe", True), ("musiq", False),
+              ("clipiqa", False), ("maniqa", False), ("liqe", False))
+
+
+def write_plots(out: Path, dataset: str, units: Sequence[Unit], measured: Mapping[Unit, Measured],
+                labels: Mapping[Unit, str]) -> dict[str, str]:
+    """The plots of one dataset (:mod:`srkit.metrics.figures`): figure name -> the file written, or why not."""
+    from .. import describe
+    from .figures import metric_vs_steps, perception_distortion, std_maps
+
+    units = [u for u in units if "region" not in json.loads(u.sr)]  # half-image scores do not compare with the rest
+    means = {unit: unit_means(measured[unit]) for unit in units}
+    distortion = next((k for m in means.values() for k in sorted(m) if k.startswith("psnr@")), None)
+    perception = next(((name, low) for name, low in PERCEPTION if any(name in m for m in means.values())), None)
+    points = []
+    for unit, values in means.items():
+        knobs = json.loads(unit.sr)
+        steps = knobs.pop("steps", None)
+        settings = {k: v for k, v in {**json.loads(unit.load), **knobs}.items() if v is not None}
+        series = " ".join([unit.method, *(f"{k}={v}" for k, v in settings.items())])
+        samples_steps = describe(unit.method).steps is not None
+        points.append((series, (steps or describe(unit.method).default_steps) if samples_steps else None, values))
+    shown = [k for k in (distortion, perception and perception[0]) if k]
+    figures = {"metric_vs_steps": metric_vs_steps(out / f"steps_{dataset}.png", points, shown, f"{dataset}: metric vs steps")}
+    scatter = [(labels.get(u, u.method), m[distortion], m[perception[0]]) for u, m in means.items()
+               if distortion and perception and distortion in m and perception[0] in m]
+    figures["perception_distortion"] = perception_distortion(
+        out / f"perception_distortion_{dataset}.png", scatter, distortion=distortion or "psnr",
+        perception=perception[0] if perception else "a perceptual metric", lower_is_better=bool(perception and perception[1]),
+        title=f"{dataset}: perception vs distortion")
+    maps = [(labels.get(u, u.method), measured[u].std_map) for u in units if measured[u].std_map is not None]
+    figures["l_std_maps"] = std_maps(out / f"l_std_{dataset}.png", maps, f"{dataset}: L-STD maps (first image)")
+    return figures
 
 
 def _bench_options() -> dict[str, Any]:

@@ -57,11 +57,15 @@ class LocalStd:
         self._mean += delta / self._count
         self._m2 += delta * (x - self._mean)
 
-    def image_value(self) -> float:
-        """Close the current image: its L-STD term (mean over H, W and channels); start the next image."""
+    def std_map(self) -> Tensor:
+        """The current image's per-pixel std across its runs, (C, H, W): what :meth:`image_value` averages."""
         if self._m2 is None or self._count < 2:
             raise ConfigError("L-STD needs at least 2 runs of an image")
-        value = float((self._m2 / self._count).sqrt().mean())
+        return (self._m2 / self._count).sqrt()
+
+    def image_value(self) -> float:
+        """Close the current image: its L-STD term (mean over H, W and channels); start the next image."""
+        value = float(self.std_map().mean())
         self._images.append(value)
         self._reset()
         return value
