@@ -266,3 +266,37 @@ def test_bad_inputs():
         imresize(torch.rand(8), 2)
     with pytest.raises(InvalidImageError):
         imresize(np.zeros((8, 8)), 2)  # type: ignore[arg-type]
+
+
+def _pil_bicubic_by_the_formula(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """Pillow's bicubic upsampling written out: Keys' cubic with a = -0.5, taps at the input pixel centres within
+    2 pixels of (out + 0.5) / scale - 0.5, those outside the image dropped and the rest renormalised; per axis."""
+    def axis_weights(n_in: int) -> torch.Tensor:
+        a, weights = -0.5, torch.zeros(n_in * scale, n_in, dtype=torch.float64)
+        for out in range(n_in * scale):
+            centre = (out + 0.5) / scale
+            for j in range(max(0, int(centre - 2.5)), min(n_in, int(centre + 2.5) + 1)):
+                d = abs(j + 0.5 - centre)
+                w = (a + 2) * d**3 - (a + 3) * d**2 + 1 if d < 1 else a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a if d < 2 else 0.0
+                weights[out, j] = w
+            weights[out] /= weights[out].sum()
+        return weights
+
+    rows, columns = axis_weights(x.shape[-2]), axis_weights(x.shape[-1])
+    return torch.einsum("oh,bchw,pw->bcop", rows, x.double(), columns)
+
+
+def test_pil_bicubic_is_pillows_kernel_and_not_torchs():
+    from PIL import Image
+
+    from srkit.ops.resize import bicubic_upsample, pil_bicubic_upsample
+
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 14, 11, generator=g), 3, 1, 1)
+    torch.testing.assert_close(pil_bicubic_upsample(smooth, 4).double(), _pil_bicubic_by_the_formula(smooth, 4),
+                               rtol=0, atol=2e-6)  # the float path: Pillow's kernel, edges renormalised
+    eight_bit = (smooth * 255).round() / 255
+    official = Image.fromarray((eight_bit[0].permute(1, 2, 0) * 255).round().byte().numpy(), "RGB").resize((44, 56), Image.BICUBIC)
+    expected = torch.from_numpy(np.asarray(official).copy()).permute(2, 0, 1).float() / 255
+    assert torch.equal(pil_bicubic_upsample(eight_bit, 4)[0], expected)  # 8-bit input: the official code's 8-bit path
+    assert (pil_bicubic_upsample(smooth, 4) - bicubic_upsample(smooth, 4)).abs().mean() > 1e-3  # not torch's a = -0.75

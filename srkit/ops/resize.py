@@ -184,6 +184,35 @@ def bicubic_upsample(x: Tensor, scale: int) -> Tensor:
     return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
 
 
+def pil_bicubic_upsample(x: Tensor, scale: int) -> Tensor:
+    """Pillow's bicubic resize by ``scale`` (a = -0.5, out-of-image taps dropped and the rest renormalised), run by
+    Pillow itself: what CCSR's code does to the LR (``Image.resize(..., BICUBIC)``) before encoding it; not
+    :func:`bicubic_upsample` (mean difference 0.015 on photographs).
+
+    An 8-bit image (every value a multiple of 1/255, as read from a PNG or JPEG) takes Pillow's 8-bit path, equal to
+    the official code bit for bit (8-bit results); other values each channel's 32-bit float path (no rounding)."""
+    import numpy as np
+    from PIL import Image
+
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise InvalidImageError(f"pil_bicubic_upsample takes RGB batches (B, 3, h, w), got {tuple(x.shape)}")
+    height, width = x.shape[-2:]
+    size = (width * scale, height * scale)
+    pixels = x.detach().to("cpu", torch.float64).permute(0, 2, 3, 1).numpy()
+    levels = np.round(pixels * 255)
+    eight_bit = bool(np.all(np.abs(levels - pixels * 255) < 1e-4)) and levels.min() >= 0 and levels.max() <= 255
+    images = []
+    for image in pixels:
+        if eight_bit:
+            resized = Image.fromarray(np.round(image * 255).astype(np.uint8), "RGB").resize(size, Image.Resampling.BICUBIC)
+            images.append(np.asarray(resized, dtype=np.float32) / 255)
+        else:
+            channels = [Image.fromarray(image[..., c].astype(np.float32), "F").resize(size, Image.Resampling.BICUBIC)
+                        for c in range(3)]
+            images.append(np.stack([np.asarray(c, dtype=np.float32) for c in channels], -1))
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(device=x.device, dtype=x.dtype)
+
+
 def bicubic_upsample_rows(read: Callable[[int, int], Tensor], first: int, last: int, *, scale: int, height: int) -> Tensor:
     """Rows ``[first, last)`` of ``bicubic_upsample(image, scale)``, computed from the rows ``read(top, bottom)`` of
     the ``height``-row image that they reach: the 4-tap kernel reaches 2 input rows beyond its centre, and the

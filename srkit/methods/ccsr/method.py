@@ -2,8 +2,9 @@
 timestep sampling, and a GAN-fine-tuned VAE decoder.
 
 Inference (CCSR Sec. III-B/D; official v2 ``test_ccsr_tile.py`` / ``pipeline_ccsr.py``, facts §2 v2):
-the LR image is bicubic-upsampled x4 and encoded by the VAE (``latent_dist.sample()`` x scaling
-factor, drawn from the seeded generator); that latent z_LR conditions the ControlNet and is also
+the LR image is bicubic-upsampled x4 by Pillow (as the official code) and encoded by the VAE
+(``latent_dist.sample()`` x scaling factor, drawn from the seeded generator); that latent z_LR conditions the
+ControlNet and is also
 the start point, x_T = q(z_LR, T = 999) (``start_point=lr``). The :class:`NonUniformSampler` visits
 T once (no classifier-free guidance there, as v2), jumps to t_max and runs the loop to t_min with
 CFG (``guidance_scale``, fixed ``prompt`` / ``negative_prompt``); the x0 estimate is decoded by the
@@ -56,7 +57,7 @@ from ... import registry
 from ...backends.sd import DIFFUSERS_WEIGHTS, StableDiffusion, build_component
 from ...diffusion import Chain, DiffusionMethod, MeanCorrectionHook, NoiseHook, StartState, TimestepProvider
 from ...errors import ConfigError
-from ...ops.resize import bicubic_upsample
+from ...ops.resize import pil_bicubic_upsample
 from ...samplers.ddpm import DDPMSampler
 from ...samplers.nonuniform import NonUniformSampler
 from ...types import Denoiser, Sampler
@@ -185,8 +186,9 @@ class CCSR(DiffusionMethod):
         return int(getattr(self.sampler, "start", self.sampler.num_train_timesteps - 1))
 
     def encode_lr(self, lr: Tensor, generator: torch.Generator | None) -> Tensor:
-        """z_LR: the scaled VAE latent (a posterior sample) of the x4 bicubic upsampling of ``lr`` in [0, 1]."""
-        up = bicubic_upsample(lr, self.scale).clamp(0, 1)
+        """z_LR: the scaled VAE latent (a posterior sample) of the x4 bicubic upsampling of ``lr`` in [0, 1], by Pillow
+        as CCSR's code does it (:func:`~srkit.ops.resize.pil_bicubic_upsample`)."""
+        up = pil_bicubic_upsample(lr, self.scale).clamp(0, 1)
         return self.sd.vae.encode(up * 2 - 1, sample=True, generator=generator)
 
     def eps(self, x_t: Tensor, t: int | Tensor, z_lr: Tensor, context: Tensor) -> Tensor:
