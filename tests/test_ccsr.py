@@ -220,6 +220,6 @@ def test_stability_command_writes_json_and_markdown(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "out" / "stability.json").read_text())
     assert saved["images"] == 2 and saved["seeds"] == [0, 1] and saved["unavailable"] == {"musiq": "no musiq here"}
     assert [r["label"] for r in saved["results"]] == [v["label"] for v in report["results"]] == [
-        "CCSR-S2 (non-uniform)", "CCSR-S1 (one step)", "DDPM-S2 (uniform)"]
+        "CCSR-S2 (non-uniform)", "CCSR-S1 (one step)", "DDPM-S2 (uniform sampling, CCSR's ControlNet and fine-tuned decoder)"]
     table = (tmp_path / "out" / "stability.md").read_text()
     assert "PSNR/G-STD" in table and "L-STD" in table and table.count("| CCSR-S") == 2
