@@ -216,6 +216,24 @@ def test_autograd_and_closed_form_directions_differ_by_the_denoisers_jacobian(ti
         x = mean
 
 
+def test_calibrate_takes_a_candidate_list_and_names_the_form_of_a_bad_one():
+    from omegaconf import OmegaConf
+
+    from srkit.methods.pg_resshift.calibration import _calibrate_options
+    from srkit.options import parse_options
+    from srkit.registry import config_dir
+
+    cfg = OmegaConf.load(config_dir() / "calibrate.yaml")
+    cfg.method = {"_target_": "srkit.methods.pg_resshift.method.PosteriorGuidedResShift"}
+    cfg.candidates = [0, 0.5, 1]
+    options = parse_options("calibrate", cfg, _calibrate_options(), composed=("method",))
+    assert options["candidates"] == [0.0, 0.5, 1.0] and options["gradient"] == "autograd"
+    for bad in ("abc", [-1, 1], []):
+        cfg.candidates = bad
+        with pytest.raises(ConfigError, match=r"candidates=.*a list of scale values >= 0"):
+            parse_options("calibrate", cfg, _calibrate_options(), composed=("method",))
+
+
 @pytest.mark.slow
 def test_run_calibration_from_the_hydra_config(tmp_path):
     """~10 s on 2 loaded cores: `srkit calibrate`'s task on a PairedFolder."""

@@ -193,7 +193,7 @@ def _calibrate_options() -> dict[str, Any]:
     def scale_values(value: Any) -> list[float] | None:
         if value is None:
             return None
-        values = list(value) if isinstance(value, (list, tuple)) else None
+        values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else None  # ListConfig too
         if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values):
             raise NotAllowed("null (0 and 40 values a decade from 1e-3 to 100) or a list of scale values >= 0, "
                              "e.g. candidates=[0,0.5,1,2]")
