@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from srkit.io import write_text_atomic
+
 log = logging.getLogger("claims")
 
 SEEDS = (0, 1, 2)
@@ -47,8 +49,18 @@ class Scorer:
         scores: dict[str, float | None] = dict.fromkeys(self.unavailable)
         for name, metric in self.metrics.items():
             values = [metric(out) if metric.mode == "NR" else metric(out, pair.hr[None]) for out, pair in zip(outputs, pairs)]
-            scores[name] = float(torch.cat([torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in values]).mean())
+            scores[name] = float(torch.cat([torch.as_tensor(v, dtype=torch.float64).reshape(-1).cpu() for v in values]).mean())
         return scores
+
+    def require(self, *names: str) -> None:
+        """Stop a claim whose verdict needs a metric that cannot run here (:class:`ClaimUnavailable`, with the reason)."""
+        missing = [f"{name}: {self.unavailable[name]}" for name in names if name in self.unavailable]
+        if missing:
+            raise ClaimUnavailable("; ".join(missing))
+
+
+class ClaimUnavailable(Exception):
+    """A claim cannot be measured here (a metric it is decided by is unavailable); the message says why."""
 
 
 def averaged(runs: Sequence[dict[str, float | None]]) -> dict[str, float | None]:
@@ -59,13 +71,15 @@ def over_seeds(model: Any, pairs: Sequence[Any], score: Scorer, seeds: Sequence[
     return averaged([score([model.sr(pair.lr[None], seed=seed, **knobs) for pair in pairs], pairs) for seed in seeds])
 
 
-def claim_resshift(pairs: Sequence[Any], score: Scorer) -> dict[str, Any]:
+def claim_resshift(pairs: Sequence[Any], score: Scorer, device: str) -> dict[str, Any]:
     from srkit import load
 
-    rows = {"bicubic": score([load("bicubic").sr(p.lr[None]) for p in pairs], pairs),
-            "resshift (zoo, 4 steps)": over_seeds(load("resshift", weights="zoo"), pairs, score)}
+    score.require("haarpsi")
+
+    rows = {"bicubic": score([load("bicubic", device=device).sr(p.lr[None]) for p in pairs], pairs),
+            "resshift (zoo, 4 steps)": over_seeds(load("resshift", weights="zoo", device=device), pairs, score)}
     try:
-        rows["realesrgan (x4plus, real weights)"] = score([load("realesrgan").sr(p.lr[None]) for p in pairs], pairs)
+        rows["realesrgan (x4plus, real weights)"] = score([load("realesrgan", device=device).sr(p.lr[None]) for p in pairs], pairs)
     except Exception as err:  # a reference row only: say why it is missing
         log.info("realesrgan reference row skipped: %s", err)
     zoo_row, bicubic = rows["resshift (zoo, 4 steps)"], rows["bicubic"]
@@ -74,10 +88,12 @@ def claim_resshift(pairs: Sequence[Any], score: Scorer) -> dict[str, Any]:
             "why": f"HaarPSI {zoo_row['haarpsi']:.4f} (resshift zoo) vs {bicubic['haarpsi']:.4f} (bicubic)"}
 
 
-def claim_lpnsr(pairs: Sequence[Any], score: Scorer) -> dict[str, Any]:
+def claim_lpnsr(pairs: Sequence[Any], score: Scorer, device: str) -> dict[str, Any]:
     from srkit import load
 
-    model = load("lpnsr", weights="zoo")
+    score.require("haarpsi", "psnr")
+
+    model = load("lpnsr", weights="zoo", device=device)
     rows = {}
     for steps in (1, 2, 3, 4):
         rows[f"predicted noise, {steps} steps"] = over_seeds(model, pairs, score, steps=steps)
@@ -132,12 +148,15 @@ def halves(outputs: Sequence[torch.Tensor], pairs: Sequence[Any]) -> dict[str, t
     return cut
 
 
-def claim_pg(pairs: Sequence[Any], score: Scorer) -> dict[str, Any]:
+def claim_pg(pairs: Sequence[Any], score: Scorer, device: str) -> dict[str, Any]:
     from srkit import load
     from srkit.metrics.bench import reference_mask
 
-    calibrated = load("pg-resshift", weights="zoo")  # the zoo's scale file: Algorithm 1, autograd gradient
-    unit = load("pg-resshift", weights="zoo", scales=1.0)  # alpha_t = 1: the sign-flipped direction as written
+    score.require("psnr", "sharpness")
+
+    calibrated = load("pg-resshift", weights="zoo", device=device)  # the zoo's scale files: Algorithm 1 (LR) / Eq. (10) (HR), autograd
+    # alpha_t = 1: the directions as written.
+    unit = load("pg-resshift", weights="zoo", device=device, scales=1.0, reference_scales=1.0)
     rows: dict[str, Any] = {}
     trade, calibrated_summary = lr_sweep(calibrated, pairs, score, "LR guidance, calibrated alpha", rows)
     unit_trade, unit_summary = lr_sweep(unit, pairs, score, "LR guidance, alpha 1", rows)
@@ -152,9 +171,19 @@ def claim_pg(pairs: Sequence[Any], score: Scorer) -> dict[str, Any]:
                 label = f"HR guidance on the left half ({gradient}), alpha 1, strength {strength:g}: {half} half"
                 rows[label] = score(cut, cut_pairs)
                 psnr[f"{gradient} {strength:g} {half}"] = rows[label]["psnr"]
+    outputs = [calibrated.sr(p.lr[None], seed=0, guide=p.hr[None], guide_mask=reference_mask("left-half", p.lr))
+               for p in pairs]
+    for half, (cut, cut_pairs) in halves(outputs, pairs).items():
+        label = f"HR guidance on the left half (autograd), calibrated alpha (Eq. 10), strength 1: {half} half"
+        rows[label] = score(cut, cut_pairs)
+        psnr[f"calibrated {half}"] = rows[label]["psnr"]
     hr_raises = all(psnr[f"{g} 1 left"] > psnr[f"{g} 0 left"] for g in ("autograd", "closed-form"))
     hr_summary = "; ".join(f"{g}: left {psnr[f'{g} 0 left']:.3f} -> {psnr[f'{g} 1 left']:.3f}, right "
                            f"{psnr[f'{g} 0 right']:.3f} -> {psnr[f'{g} 1 right']:.3f}" for g in ("autograd", "closed-form"))
+    reference_alpha = [round(a, 3) for a in calibrated.mean_correction_hook.scales(4, "reference").alpha.tolist()]
+    hr_summary += (f"; calibrated alpha {reference_alpha} "
+                   f"(autograd): left {psnr['autograd 0 left']:.3f} -> {psnr['calibrated left']:.3f}, right "
+                   f"{psnr['autograd 0 right']:.3f} -> {psnr['calibrated right']:.3f}")
     sweep = {label: [(strength, rows[f"LR guidance, {label}, strength {strength:g}"]) for strength in PG_STRENGTHS]
              for label in ("calibrated alpha", "alpha 1")}
     return {"rows": rows, "sweep": sweep, "scales": [float(a) for a in calibrated.scales.alpha],
@@ -190,8 +219,10 @@ def write_markdown(path: Path, results: dict[str, Any], unavailable: dict[str, s
         lines.append(f"- {name}: n/a: {why}")
     for key, result in results.items():
         claim = CLAIMS[key][0]
-        verdict = "reproduced" if result["reproduced"] else "not reproduced"
+        verdict = {True: "reproduced", False: "not reproduced", None: "not measured"}[result["reproduced"]]
         lines += ["", f"## Claim {key}: {verdict}", "", claim, "", f"Measured: {result['why']}.", ""]
+        if not result["rows"]:
+            continue
         if "scales" in result:
             lines += [f"Calibrated scales alpha_t (t = 0..3, zoo part pg-resshift-mini-scales, Algorithm 1, autograd): "
                       f"{[round(a, 4) for a in result['scales']]}.", ""]
@@ -200,11 +231,12 @@ def write_markdown(path: Path, results: dict[str, Any], unavailable: dict[str, s
         lines += [f"| {row} | " + " | ".join(fmt(values[c]) for c in columns) + " |" for row, values in result["rows"].items()]
         if result.get("note"):
             lines += ["", result["note"]]
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
-def measure_claims(out: str | Path, claims: Sequence[str] = tuple(CLAIMS)) -> Path:
-    """Measure ``claims`` (keys of :data:`CLAIMS`) and write ``claims.md`` / ``claims.json`` into ``out``."""
+def measure_claims(out: str | Path, claims: Sequence[str] = tuple(CLAIMS), device: str = "cpu") -> Path:
+    """Measure ``claims`` (keys of :data:`CLAIMS`) on ``device`` and write ``claims.md`` / ``claims.json`` into ``out``;
+    a claim whose deciding metric cannot run here is "not measured", with the reason."""
     from srkit.data.mini import mini_pairs
 
     out = Path(out)
@@ -214,15 +246,18 @@ def measure_claims(out: str | Path, claims: Sequence[str] = tuple(CLAIMS)) -> Pa
     results = {}
     for key in claims:
         log.info("claim %s: %s", key, CLAIMS[key][0])
-        results[key] = CLAIMS[key][1](pairs, score)
-        log.info("claim %s: %s (%s)", key, "reproduced" if results[key]["reproduced"] else "not reproduced", results[key]["why"])
-    if "3" in results:  # the PG guidance-strength sweep (srkit.metrics.figures, the [plots] extra)
+        try:
+            results[key] = CLAIMS[key][1](pairs, score, device)
+        except ClaimUnavailable as err:
+            results[key] = {"rows": {}, "reproduced": None, "why": f"n/a: {err}"}
+        log.info("claim %s: %s (%s)", key, results[key]["reproduced"], results[key]["why"])
+    if results.get("3", {}).get("rows"):  # the PG guidance-strength sweep (srkit.metrics.figures, the [plots] extra)
         from srkit.metrics.figures import sweep_plot
 
         results["3"]["figure"] = sweep_plot(out / "claims_pg_strength.png", "LR guidance strength", results["3"]["sweep"],
                                             ["psnr", "haarpsi", "sharpness"], "PG-ResShift zoo: LR guidance strength")
         log.info("claim 3 figure: %s", results["3"]["figure"])
-    (out / "claims.json").write_text(json.dumps({"results": results, "unavailable": score.unavailable}, indent=1))
+    write_text_atomic(out / "claims.json", json.dumps({"results": results, "unavailable": score.unavailable}, indent=1))
     write_markdown(out / "claims.md", results, score.unavailable)
     return out / "claims.md"
 
@@ -230,10 +265,12 @@ def measure_claims(out: str | Path, claims: Sequence[str] = tuple(CLAIMS)) -> Pa
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/bench", help="output folder (default: outputs/bench)")
-    parser.add_argument("--claims", nargs="+", default=list(CLAIMS), help="claims to measure (default: all)")
+    parser.add_argument("--claims", nargs="+", default=list(CLAIMS), choices=list(CLAIMS),
+                        help="claims to measure (default: all)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="claims: %(message)s")
-    print(measure_claims(args.out, args.claims))
+    print(measure_claims(args.out, args.claims, args.device))
 
 
 if __name__ == "__main__":

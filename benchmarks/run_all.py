@@ -39,15 +39,15 @@ def main(argv: list[str] | None = None) -> int:
         args.weights = "zoo"
     args.mini_degradation = args.mini_degradation or ("realesrgan" if args.zoo else "bicubic")
     try:
-        run_benchmark(
+        record = run_benchmark(
             out=args.out, mini=args.mini, dataset_root=args.dataset_root, methods=args.methods, tables=args.tables,
             tables_dir=args.tables_dir, weights=args.weights, device=args.device, mini_degradation=args.mini_degradation,
             mini_size=args.mini_size, runs=args.runs,
         )
-        if args.zoo and args.mini:
+        if args.zoo and args.mini and record:  # the first process only (the others return no record)
             from claims import measure_claims  # benchmarks/claims.py, beside this file
 
-            print(f"run_all: claims written to {measure_claims(args.out)}")
+            print(f"run_all: claims written to {measure_claims(args.out, device=record['command']['device'])}")
     except SrkitError as err:
         print(f"run_all: error: {err}", file=sys.stderr)
         return 2

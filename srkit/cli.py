@@ -127,9 +127,17 @@ def _sr_task(cfg: Any) -> None:
 
 
 def _demo_task(cfg: Any) -> None:
+    from . import list_methods
     from .demo import run_demo
+    from .zoo import METHOD_PARTS
 
-    paths = run_demo(output=Path(cfg.output), methods=list(cfg.methods), zoo=list(cfg.zoo), device=cfg.device, tile=cfg.tile)
+    options = option_parsing.parse_options("demo", cfg, {
+        "output": option_parsing.path(), "methods": option_parsing.names("method", list_methods, least=0),
+        "zoo": option_parsing.names("zoo method", lambda: METHOD_PARTS, null="no zoo rows", least=0),
+        "device": option_parsing.text(), "tile": option_parsing.whole(8, null="whole image"),
+    })
+    paths = run_demo(output=options["output"], methods=options["methods"], zoo=options["zoo"] or [],
+                     device=options["device"], tile=options["tile"])
     print("srkit demo: results written:")
     for name, path in paths.items():
         print(f"  {name:<12} {path.resolve()}")

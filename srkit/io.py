@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import struct
 import sys
 import threading
@@ -232,6 +233,18 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
                 f"cannot write {path}: {e.strerror or e}; check the folder's permissions and free space, or write elsewhere"
             ) from e
         raise
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_file`: a reader sees the old file or the new one."""
+    with atomic_file(path) as file:
+        file.write(text.encode("utf-8"))
+
+
+def copy_file_atomic(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Copy ``source`` to ``target`` through :func:`atomic_file` (an interrupted copy leaves ``target`` as it was)."""
+    with open(source, "rb") as reader, atomic_file(target) as file:
+        shutil.copyfileobj(reader, file)
 
 
 def remove_partial_writes(folder: str | os.PathLike[str], *, recursive: bool = False) -> list[Path]:
@@ -567,6 +580,7 @@ def write_png_rows(
 
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "READ_EXTENSIONS", "AlphaMode", "DecodedImage", "PNGRowWriter", "atomic_file", "decode_image",
-    "image_format", "list_images", "read_image", "remove_partial_writes", "to_samples", "write_image", "write_png_rows",
+    "IMAGE_EXTENSIONS", "READ_EXTENSIONS", "AlphaMode", "DecodedImage", "PNGRowWriter", "atomic_file", "copy_file_atomic",
+    "decode_image", "image_format", "list_images", "read_image", "remove_partial_writes", "to_samples", "write_image",
+    "write_png_rows", "write_text_atomic",
 ]

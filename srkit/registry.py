@@ -294,6 +294,8 @@ def build_method(
         extra["weights"] = None if weights is None else "synthetic" if zoo_parts is not None else str(weights)
     elif weights not in (None, "synthetic"):
         raise ConfigError(f"{name} has no weights to load; drop weights={weights!r}")
+    if zoo_parts is not None:
+        zoo.check_pinned(zoo_parts, config)
     model = instantiate(config, where=f"method {name!r}", **extra)
     if zoo_parts is not None:
         zoo.load_parts(model, zoo_parts)

@@ -277,3 +277,20 @@ def test_each_image_is_super_resolved_once_per_method_and_seed(tmp_path, monkeyp
     assert cells["single", "counting-sampler"]["psnr"] != pytest.approx(cells["stability", "counting-sampler"]["psnr"])
     progress = capsys.readouterr().err
     assert "bench: 100%" in progress and "2/2" in progress  # the bar over the two units
+
+
+def test_a_claim_whose_metric_cannot_run_is_not_measured_with_the_reason(tmp_path, monkeypatch):
+    """benchmarks/claims.py without piq: claim 1 (decided by HaarPSI) is "not measured", the reason written, no crash."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import claims
+
+    score = claims.Scorer(["psnr"])
+    score.unavailable["haarpsi"] = "piq is not installed (pip install 'srkit[metrics]')"
+    with pytest.raises(claims.ClaimUnavailable, match="haarpsi: piq is not installed"):
+        claims.claim_resshift([], score, "cpu")
+    results = {"1": {"rows": {}, "reproduced": None, "why": "n/a: haarpsi: piq is not installed"}}
+    claims.write_markdown(tmp_path / "claims.md", results, score.unavailable)
+    text = (tmp_path / "claims.md").read_text()
+    assert "## Claim 1: not measured" in text and "n/a: haarpsi: piq is not installed" in text
+    with pytest.raises(SystemExit):
+        claims.main(["--claims", "9"])  # an unknown claim is argparse's one-line error

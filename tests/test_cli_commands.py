@@ -62,6 +62,12 @@ BAD_VALUES = [
     ("calibrate", "seed=abc", "seed=abc is not valid: seed takes a whole number >= 0"),
     ("calibrate", "dtype=float16", "dtype=float16 is not valid: pg-resshift runs in float32 | float64"),
     ("calibrate", "method=bicubic", "srkit calibrate fits posterior guidance's scales for a residual-shift method"),
+    ("train", "train=zoo-resshift until=abc", "until=abc is not valid: until takes a whole number >= 1, or null"),
+    ("train", "train=zoo-resshift resume=maybe", "resume=maybe is not valid: resume takes true or false"),
+    ("demo", "zoo=[resshif]", "zoo takes one of the zoo methods lpnsr, pg-resshift, resshift ('resshif' is none; did you "
+                              "mean 'resshift'?)"),
+    ("demo", "tile=4", "tile=4 is not valid: tile takes a whole number >= 8, or null (whole image)"),
+    ("demo", "+zooo=[]", "srkit demo has no option 'zooo'. Did you mean 'zoo'?"),
     ("convert", "", "source must be given, e.g. srkit convert source=..."),
     ("convert", "source=", "source= is not valid: source takes a file or folder path"),
     ("convert", "source=nope.pth", "source=nope.pth is not a file; pass source=<the official checkpoint"),
@@ -74,7 +80,7 @@ def test_a_bad_value_is_one_error_line_before_any_model(tmp_path, command, overr
     (tmp_path / "junk.safetensors").write_bytes(b"garbage, not a safetensors header")
     before = files_under(tmp_path)
     out = ["out=out"] if command in ("bench", "stability") else []  # where they would write
-    result = srkit(command, *filter(None, [override]), *out, cwd=tmp_path)
+    result = srkit(command, *override.split(), *out, cwd=tmp_path)
     assert_one_error_line(result, command, message)
     assert files_under(tmp_path) == before
 

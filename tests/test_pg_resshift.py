@@ -336,6 +336,42 @@ def test_a_guide_mask_moves_only_its_region_and_no_hr_outside_it_enters(cheap_co
         tiny.sr(lr, guide=hr, guide_mask=mask * 0.5)
 
 
+def test_a_scale_file_by_name_is_found_where_weights_are_and_a_missing_one_says_how_to_make_it(tmp_path, monkeypatch):
+    """PG Table 2's Ours rows name their scale files (calibrated for the official chain) as weights are named."""
+    from srkit.errors import WeightsNotFoundError
+    from srkit.weights import srkit_home
+
+    monkeypatch.chdir(tmp_path)
+    scales = pg.GuidanceScales(torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64), 4, "reference", 3, "autograd")
+    scales.save(srkit_home() / "weights" / "pg_hr.safetensors")
+    model = srkit.load("pg-resshift", weights="synthetic", unet_config=UNET, autoencoder_config=TINY_VQ,
+                       reference_scales="pg_hr.safetensors")
+    assert model.mean_correction_hook.scales(4, "reference").alpha.tolist() == [0.5, 1.0, 2.0, 4.0]
+    with pytest.raises(WeightsNotFoundError) as missing:
+        srkit.load("pg-resshift", weights="synthetic", unet_config=UNET, autoencoder_config=TINY_VQ,
+                   scales="pg_lr.safetensors")
+    message = str(missing.value)
+    assert str(srkit_home() / "weights" / "pg_lr.safetensors") in message and str(tmp_path / "weights") in message
+    assert "srkit calibrate" in message and "output=" in message
+    with pytest.raises(WeightsNotFoundError, match=r"looked at nowhere/pg_lr\.safetensors\)"):  # a path is only that path
+        srkit.load("pg-resshift", weights="synthetic", unet_config=UNET, autoencoder_config=TINY_VQ,
+                   scales="nowhere/pg_lr.safetensors")
+
+
+def test_bench_with_the_zoo_uses_the_zoos_scale_files_not_the_tables():
+    """pg_resshift_table2 names scale files for the official chain; with the zoo's weights its own calibrated files
+    replace them (they were fitted to its networks), while the real weights keep the table's."""
+    from srkit.metrics.bench import ModelCache, load_tables, plan_work
+
+    (table,) = load_tables(names=["pg_resshift_table2"])
+    units = [u for u in plan_work([table], lambda dataset: dataset, 4) if u.method == "pg-resshift"]
+    assert len(units) == 3  # Ours(s4, HR) and (s4, LR) on RealSR, (s4, LR) on DIV2K
+    for unit in units:
+        assert ModelCache(device="cpu", weights=None).overrides_of(unit) == {
+            "scales": "pg_resshift_s4_lr_scales.safetensors", "reference_scales": "pg_resshift_s4_hr_scales.safetensors"}
+        assert ModelCache(device="cpu", weights="zoo").overrides_of(unit) == {}
+
+
 def test_bench_passes_each_image_as_the_guide_of_table_2():
     from srkit.metrics.bench import Sample, sample_knobs
 

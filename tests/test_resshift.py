@@ -145,6 +145,27 @@ def test_tiny_networks_pad_seed_and_reject_bad_options(tiny):
         tiny.sr(small, strength=1.0)
 
 
+def test_autoencoder_stage_sets_the_codebook_once_from_latents_and_trains_through_the_quantiser():
+    """stage=autoencoder (LDM's VQ loss): the first step sets every code to a latent of its batch, once (a second
+    micro-batch of an accumulated first step keeps it); the loss reaches the encoder (straight-through), the decoder
+    and the codebook, and counts as ResShift's parameters only the Swin-UNet (what the papers count)."""
+    model = srkit.load("resshift", weights="synthetic", for_training=True, stage="autoencoder", loss_weights={"lpips": 0},
+                       unet_config=TINY_UNET, autoencoder_config=TINY_VQ)
+    model.trainable_modules()["autoencoder"].requires_grad_(True)  # as the trainer does
+    hr = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    terms = model.losses({"hr": hr, "step": torch.tensor(0)})
+    codebook = model.autoencoder.quantize.embedding.weight.detach().clone()
+    with torch.no_grad():
+        latents = model.autoencoder.encode(hr * 2 - 1).permute(0, 2, 3, 1).reshape(-1, codebook.shape[1])
+    assert torch.cdist(codebook, latents).min(dim=1).values.max() < 0.01  # every code sits on a latent (+1e-3 noise)
+    sum(terms.values()).backward()
+    for module in ("encoder", "decoder", "quantize"):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in getattr(model.autoencoder, module).parameters()), module
+    model.losses({"hr": torch.rand(2, 3, 16, 16), "step": torch.tensor(0)})  # the first step's second micro-batch
+    torch.testing.assert_close(model.autoencoder.quantize.embedding.weight, codebook, rtol=0, atol=0)
+    assert set(model.learned_modules()) == {"unet"}
+
+
 @pytest.mark.slow
 def test_tiny_networks_tile_a_512x384_image(tiny):
     """~45 s on 2 loaded cores: the decoder alone convolves a 2048x1536 image, tile by tile."""

@@ -194,7 +194,7 @@ def assert_resshift_chains(table: Table, lengths: dict[str, tuple[str, int]]) ->
 def assert_lpnsr_paper_checkpoint(table: Table) -> None:
     """LPNSR rows load ``noise_predictor.pth`` (v1), the file of the paper's numbers, not the inference config's v2."""
     files = {w.name: w.filename for w in METHODS.get("lpnsr").descriptor.weights}
-    assert table.protocol["load"] == {"lpnsr": {"predictor_version": "v1"}}
+    assert table.protocol["load"]["lpnsr"] == {"predictor_version": "v1"}
     for row in method_rows(table, "lpnsr"):
         assert files[PREDICTOR_ROLES[setting(row, "predictor_version")]] == "noise_predictor.pth", row.label
 
@@ -205,7 +205,7 @@ def assert_params_are_learned(table: Table, learned: dict[str, set[str]]) -> Non
     assert cell(Measured(params_m=1.0, total_params_m=2.0), "params_m", 0, [0], {}) == (1.0, None)
     for method, names in learned.items():
         factory = import_target(default_config(method)["_target_"])
-        stub = SimpleNamespace(predictor=None, encoder=None, estimator=None, stage=default_config(method).get("stage"))
+        stub = SimpleNamespace(predictor=None, encoder=None, estimator=None, unet=None, stage=default_config(method).get("stage"))
         assert set(factory.learned_modules(stub)) == names, method
 
 
@@ -614,12 +614,13 @@ def test_invsr_table2_imagenet_test_and_realsr():
         ("imagenet-test", "BSRGAN", "psnr"): 27.05, ("imagenet-test", "InvSR-1 (Ours)", "musiq"): 72.2900,
         ("imagenet-test", "SeeSR-50", "params_m"): 751.50, ("realsr", "InvSR-1 (Ours)", "psnr"): 24.50,
         ("realsr", "InvSR-1 (Ours)", "params_m"): 33.84, ("realsr", "ResShift-4", "niqe"): 6.9113,
+        ("realsr", "ResShift-4", "params_m"): 118.59,
     })
     assert_protocol(table, crop_border=0, seeds=[0], colour_spaces={"psnr": "ycbcr", "ssim": "ycbcr"})
     assert_invsr_rows(table, timesteps={"InvSR-1 (Ours)": [200]}, colour_fix="wavelet")
     assert row_of(table, "imagenet-test", "InvSR-1 (Ours)").paper[:6] == row_of(spec("invsr_table1"), "imagenet-test",
                                                                                 "InvSR {200}").paper[:6]
-    assert_params_are_learned(table, {"invsr": {"predictor"}})
+    assert_params_are_learned(table, {"invsr": {"predictor"}, "resshift": {"unet"}})  # ResShift-4: the Swin-UNet
     assert_resshift_chains(table, {"ResShift-4": ("v3", 4)})
 
 
@@ -708,7 +709,7 @@ def test_lpnsr_table2_imagenet_test_and_realsr():
       channel of YCbCr space"; crop 0, InvSR's protocol (Sec. 4.1: "we follow the experimental setup of InvSR[4]").
     - LPNSR(Ours): PreSet-B at 4 steps (its numbers are Table 1's PreSet-B (T = 4)), the v1 predictor (README).
     - ResShift and InvSR: Sec. 4.1, "The presets of all methods follow the official default guidelines"; their numbers
-      are InvSR Table 2's (ResShift-4, InvSR-1). InvSR's colour fix: see the xfail below.
+      are InvSR Table 2's (ResShift-4, InvSR-1). InvSR's colour fix: the next test.
     """
     table = spec("lpnsr_table2")
     assert_transcribed(table, INVSR_COLUMNS, dict.fromkeys(["imagenet-test", "realsr"], LPNSR_COMPARED), {
@@ -724,9 +725,6 @@ def test_lpnsr_table2_imagenet_test_and_realsr():
         assert row_of(table, dataset, "InvSR").paper == row_of(spec("invsr_table2"), dataset, "InvSR-1 (Ours)").paper[:7]
 
 
-@pytest.mark.xfail(strict=True, reason="lpnsr_table2's InvSR rows run InvSR without the wavelet colour fix, but their "
-                   "numbers are InvSR Table 2's InvSR-1, which the InvSR README reproduces with --color_fix wavelet "
-                   "(invsr_table2 loads it; lpnsr_table2 does not)")
 def test_lpnsr_table2_invsr_rows_use_the_colour_fix_of_their_numbers():
     """LPNSR Table 2's InvSR rows print InvSR Table 2's InvSR-1 numbers (24.14 0.6789 ... / 24.50 0.7262 ...); the
     official README: "use wavelet to reproduce the ImageNet-Test and RealSRV3 numbers" (facts §1)."""
@@ -867,9 +865,6 @@ def test_pg_resshift_table2_non_overlapped_region():
         assert all(row_of(table, dataset, label).sr["steps"] == 4 for label in ours)
 
 
-@pytest.mark.xfail(strict=True, reason="pg_resshift_table2's Ours rows run the uncalibrated default alpha_t = 1: the paper "
-                   "calibrates the guidance scale A (Algorithm 1 / Eq. (10), on ImageNet) and supplies it at inference, "
-                   "but the spec loads no scales / reference_scales")
 def test_pg_resshift_table2_ours_rows_use_calibrated_guidance_scales():
     """Sec. 4: "Calibration of Guidance scale is performed over Imagenet Dataset Deng et al. (2009) which is used in
     training the pretrained model of Yue et al. (2023)."; Sec. 3.4: "we abandon the estimation of B and instead focus

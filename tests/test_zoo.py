@@ -68,6 +68,45 @@ def test_zoo_specs_name_what_is_missing_and_refuse_a_changed_file(tmp_path, monk
         srkit.load("resshift", weights="zoo")
 
 
+def test_zoo_refuses_a_schedule_its_denoiser_was_not_trained_for():
+    """resshift-mini is pinned to the v3 4-step schedule: steps=15 or version=v1 would run it on a chain it never saw."""
+    assert srkit.load("resshift", weights="zoo", steps=4).sampler.num_steps == 4
+    for method in ("resshift", "pg-resshift"):
+        with pytest.raises(ConfigError, match="resshift-mini was trained with steps=4, got steps=15; leave steps unset"):
+            srkit.load(method, weights="zoo", steps=15)
+    with pytest.raises(ConfigError, match="trained with version=v3, got version='v1'"):
+        srkit.load("resshift", weights="zoo", version="v1")
+    assert not zoo.is_zoo(Path("zoo")) and zoo.is_zoo("zoo:lpnsr")  # a folder named zoo is a folder
+
+
+def test_publishing_a_run_adds_a_loadable_pinned_part_and_bad_sources_are_one_line(tmp_path, monkeypatch, capsys):
+    copy = tmp_path / "zoo"
+    shutil.copytree(zoo.zoo_dir(), copy, ignore=shutil.ignore_patterns("__pycache__", "logs"))
+    monkeypatch.setattr(zoo, "zoo_dir", lambda: copy)
+    build = zoo.part_config(zoo.parts("zoo", "resshift"))
+    run = tmp_path / "run"
+    trained = srkit.load("resshift", weights="synthetic", for_training=True, loss_weights={"lpips": 0}, **build)
+    with torch.no_grad():
+        trained.unet.out[-1].bias.add_(0.5)  # a change the published part must carry
+    trained.save_pretrained(run)
+    (run / "log.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    zoo.main(["add", "resshift-test", str(run), "--recipe", "zoo-resshift", "--pin", "steps=4"])
+    entry = zoo._manifest()["resshift-test"]
+    assert entry.pinned == {"steps": 4} and entry.module == "unet" and zoo._checked(entry) == copy / "resshift-test.safetensors"
+    assert (copy / "logs" / "resshift-test" / "log.jsonl").is_file()
+    assert not list(copy.glob(".*.tmp"))  # every write went through a temporary file, renamed into place
+    loaded = srkit.load("resshift", weights="zoo:resshift-test")
+    torch.testing.assert_close(loaded.unet.out[-1].bias, trained.unet.out[-1].bias)
+    with pytest.raises(ConfigError, match="trained with steps=4"):
+        srkit.load("resshift", weights="zoo:resshift-test", steps=15)
+    for argv, message in [([str(tmp_path / "nowhere")], "neither a file nor a srkit train run folder"),
+                          ([str(run), "--module", "vae"], "holds no zoo module 'vae'; it holds unet"),
+                          ([str(run), "--pin", "steps"], "--pin takes KEY=VALUE")]:
+        with pytest.raises(SystemExit) as stop:
+            zoo.main(["add", "x", *argv, "--recipe", "r"])
+        assert message in str(stop.value) and str(stop.value).startswith("python -m srkit.zoo: error:")
+
+
 def test_autoencoder_reconstructs_held_out_photos_far_better_than_its_untrained_state(eval_pairs):
     trained = srkit.load("resshift", weights="zoo")
     untrained = srkit.load("resshift", weights="synthetic", **zoo.part_config(zoo.parts("zoo", "resshift")))
@@ -109,10 +148,13 @@ def test_lpnsr_predicted_noise_beats_gaussian_noise_on_the_same_chain(eval_pairs
 
 
 @pytest.mark.slow
-def test_pg_scales_differ_from_one_and_the_committed_command_reproduces_them(tmp_path):
-    part = zoo._manifest()["pg-resshift-mini-scales"]
+@pytest.mark.parametrize(("name", "mode"), [("pg-resshift-mini-scales", "non-reference"),
+                                            ("pg-resshift-mini-reference-scales", "reference")])
+def test_pg_scales_differ_from_one_and_the_committed_command_reproduces_them(tmp_path, name, mode):
+    part = zoo._manifest()[name]
+    key = next(iter(part.config))
     model = srkit.load("pg-resshift", weights="zoo")
-    shipped = torch.as_tensor(model.scales.alpha, dtype=torch.float64)
+    shipped = torch.as_tensor(model.mean_correction_hook.scales(4, mode).alpha, dtype=torch.float64)
     assert not torch.allclose(shipped, torch.ones_like(shipped), atol=0.05)
     command = shlex.split(part.recipe)
     assert command[:2] == ["srkit", "calibrate"]
@@ -120,7 +162,7 @@ def test_pg_scales_differ_from_one_and_the_committed_command_reproduces_them(tmp
     done = subprocess.run([sys.executable, "-m", "srkit.cli", *command[1:], f"output={output}", "progress=false"],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    again = srkit.load("pg-resshift", weights="zoo", scales=str(output)).scales
+    again = srkit.load("pg-resshift", weights="zoo", **{key: str(output)}).mean_correction_hook.scales(4, mode)
     torch.testing.assert_close(torch.as_tensor(again.alpha, dtype=torch.float64), shipped, rtol=1e-5, atol=1e-7)
 
 

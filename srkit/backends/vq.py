@@ -227,11 +227,16 @@ class VectorQuantizer(nn.Module):
             for rows in flat.split(_QUANTIZE_CHUNK)
         ])
 
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """The quantised latent (straight-through, same shape as ``z``) and the code indices."""
+    def nearest(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The nearest codebook entries e_k (B, C, H, W; differentiable in the codebook, as the codebook loss needs)
+        and the code indices of ``z``."""
         index = self.indices(z)
         b, c, height, width = z.shape
-        codes = self.embedding(index).view(b, height, width, c).permute(0, 3, 1, 2)
+        return self.embedding(index).view(b, height, width, c).permute(0, 3, 1, 2), index
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The quantised latent (straight-through, same shape as ``z``) and the code indices."""
+        codes, index = self.nearest(z)
         return z + (codes - z).detach(), index
 
 

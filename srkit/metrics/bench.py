@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import difflib
 import hashlib
+import io
 import json
 import logging
 import math
@@ -39,6 +40,7 @@ from torch import Tensor
 
 from .. import zoo
 from ..errors import ConfigError, SrkitError
+from ..io import list_images, read_image, write_image, write_text_atomic
 from .iqa import METRIC_NAMES, Metric, MetricUnavailable, get_metric
 from .stability import LocalStd, g_std
 
@@ -135,7 +137,6 @@ def load_tables(folder: str | os.PathLike[str] | None = None, names: Sequence[st
 
 def folder_samples(root: Path, scale: int) -> list[Sample]:
     """Samples of a real dataset folder: ``root/LR`` and, if present, ``root/HR`` paired by file name."""
-    from ..io import list_images, read_image
 
     if (root / "HR").is_dir():
         from ..data.paired import PairedFolder
@@ -328,6 +329,16 @@ class ModelCache:
             return None
         return self.weights
 
+    def overrides_of(self, unit: Unit) -> dict[str, Any]:
+        """The unit's load overrides; with the zoo's weights, less the keys the zoo's parts provide: a table's
+        calibration files (PG-ResShift's scales) are for the official networks, the zoo ships its own."""
+        overrides = json.loads(unit.load)
+        weights = self.weights_of(unit.method)
+        if zoo.is_zoo(weights):
+            provided = zoo.part_config(zoo.parts(weights, unit.method))
+            overrides = {key: value for key, value in overrides.items() if key not in provided}
+        return overrides
+
     def get(self, unit: Unit) -> tuple[Any, str | None]:
         """(model, None), or (None, why it cannot be built)."""
         from .. import load
@@ -335,7 +346,7 @@ class ModelCache:
         if self.key != (unit.method, unit.load):
             self.key, self.model, self.error = (unit.method, unit.load), None, None
             try:
-                self.model = load(unit.method, weights=self.weights_of(unit.method), device=self.device, **json.loads(unit.load))
+                self.model = load(unit.method, weights=self.weights_of(unit.method), device=self.device, **self.overrides_of(unit))
             except SrkitError as err:
                 self.error = f"{type(err).__name__}: {err}"
             except Exception as err:  # a plugin failing to build must not stop the other rows
@@ -352,7 +363,6 @@ def measure_unit(
     output is the same for every seed."""
     from tqdm.auto import tqdm
 
-    from ..io import write_image
 
     result = Measured()
     model, result.error = models.get(unit)
@@ -602,7 +612,7 @@ def run_benchmark(
         record["figures"][dataset] = write_plots(out, dataset, units, measured, labels)
         for name, where in record["figures"][dataset].items():
             log.info("  %s %s: %s", dataset, name, where)
-    (out / "results.json").write_text(json.dumps(record, indent=1, default=str))
+    write_text_atomic(out / "results.json", json.dumps(record, indent=1, default=str))
     log.info("wrote %d tables (.md, .csv), grids and results.json to %s", len(results), out.resolve())
     return record
 
@@ -647,7 +657,6 @@ def unit_of(row: Row, dataset: str) -> Unit | None:
 def dataset_fid(unit: Unit, found: Mapping[str, Sequence[Sample]], metrics: MetricCache, image_dir: Path) -> dict[str, Any]:
     """FID between the unit's outputs (first seed) and the dataset's HR images (pyiqa, folder mode), both cut to the
     scored region when the unit has one."""
-    from ..io import write_image
 
     metric = metrics.get("fid")
     if isinstance(metric, str):
@@ -751,20 +760,21 @@ def write_markdown(path: Path, tr: TableResult, options: Mapping[str, Any]) -> N
     lines += ["", "Metric options (pinned):", ""]
     lines += [f"- `{k}`: {json.dumps(v, default=str)}" for k, v in options.items()]
     lines += [""] + [f"[^{i}]: {reason}" for reason, i in notes.items()]
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def write_csv(path: Path, tr: TableResult) -> None:
-    with open(path, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["table", "dataset", "label", "method", "settings", "metric", "measured", "paper", "reason"])
-        for row in tr.rows:
-            settings = json.dumps({"load": row["load"], "sr": row["sr"]}, sort_keys=True)
-            for c in row["cells"]:
-                measured = "n/a" if c["measured"] is None else repr(c["measured"])
-                paper = "" if c["paper"] is None else repr(c["paper"])
-                cells = [c["column"], measured, paper, c["reason"] or ""]
-                writer.writerow([tr.table.id, row["dataset"], row["label"], row["method"] or "", settings, *cells])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["table", "dataset", "label", "method", "settings", "metric", "measured", "paper", "reason"])
+    for row in tr.rows:
+        settings = json.dumps({"load": row["load"], "sr": row["sr"]}, sort_keys=True)
+        for c in row["cells"]:
+            measured = "n/a" if c["measured"] is None else repr(c["measured"])
+            paper = "" if c["paper"] is None else repr(c["paper"])
+            cells = [c["column"], measured, paper, c["reason"] or ""]
+            writer.writerow([tr.table.id, row["dataset"], row["label"], row["method"] or "", settings, *cells])
+    write_text_atomic(path, text.getvalue())
 
 
 def unit_means(measured: Measured) -> dict[str, float]:
@@ -780,7 +790,6 @@ def write_grid(path: Path, samples: Sequence[Sample], units: Sequence[Unit], fol
                measured: Mapping[Unit, Measured], labels: Mapping[Unit, str]) -> Path | None:
     """The zoom grid of the first :data:`GRID_IMAGES` images (:func:`srkit.metrics.figures.zoom_grid`): the whole HR
     with the box, then the zoomed LR (nearest), each unit's output with its metric values, and the HR."""
-    from ..io import read_image
     from .figures import Panel, detail_window, write_zoom_grid
 
     rows = []

@@ -81,8 +81,8 @@ def get_metric(name: str, *, crop_border: int = 4, device: str | torch.device = 
     ``crop_border`` applies to PSNR and SSIM (the papers' crop = scale convention).
     """
     if name == "sharpness":
-        return Metric(name, "NR", False, {"measure": "variance of the Laplacian of Y in [0, 255] (Pech-Pacheco et al., 2000)"},
-                      laplacian_sharpness)
+        measure = "variance of the Laplacian of BT.601 limited-range Y (16..235) (Pech-Pacheco et al., 2000)"
+        return Metric(name, "NR", False, {"measure": measure}, laplacian_sharpness)
     if name in PIQ_METRICS:
         return _piq_metric(name)
     if name in ("psnr", "psnr-rgb"):
@@ -109,11 +109,12 @@ def get_metric(name: str, *, crop_border: int = 4, device: str | torch.device = 
 
 
 def laplacian_sharpness(sr: Tensor) -> Tensor:
-    """A weight-free no-reference sharpness measure per image: the variance of the 3x3 Laplacian of Y (BT.601 luma,
-    [0, 255]) over the valid interior. It rises with edges and fine texture, and with noise too: read it next to PSNR."""
+    """A weight-free no-reference sharpness measure per image: the variance of the 3x3 Laplacian of Y (BT.601
+    limited-range luma, 16..235 as MATLAB's rgb2ycbcr, the Y that PSNR/SSIM use) over the valid interior. It rises
+    with edges and fine texture, and with noise too: read it next to PSNR."""
     from .fidelity import rgb_to_y
 
-    y = rgb_to_y(sr.double().clamp(0, 1))  # (B, 1, H, W) in [0, 255]
+    y = rgb_to_y(sr.double().clamp(0, 1))  # (B, 1, H, W) in [16, 235]
     kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=y.dtype, device=y.device)
     return torch.nn.functional.conv2d(y, kernel.view(1, 1, 3, 3)).flatten(1).var(dim=1).cpu()
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..io import write_text_atomic
 from .stability import LocalStd, g_std
 
 __all__ = ["VariantResult", "run_stability", "stability_study", "write_markdown"]
@@ -96,7 +97,7 @@ def write_markdown(path: Path, results: Sequence[VariantResult], metric_names: S
     for r in results:
         cells = [f"{r.mean[n]:.4f}/{r.g_std[n]:.4f}" for n in metric_names]
         lines.append(f"| {r.label} | " + " | ".join([*cells, f"{r.l_std:.4f}"]) + " |")
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def _pairs(options: Mapping[str, Any], scale: int) -> list[tuple[Tensor, Tensor]]:
@@ -211,7 +212,7 @@ def run_stability(cfg: Any) -> dict[str, Any]:
         "images": len(pairs), "dataset": dataset,
         "crop_border": options["crop_border"], "unavailable": unavailable, "results": [r.__dict__ for r in results],
     }
-    (out / "stability.json").write_text(json.dumps(report, indent=2))
+    write_text_atomic(out / "stability.json", json.dumps(report, indent=2))
     header = (f"{descriptor.name} on {dataset}: {len(pairs)} images x {len(seeds)} seeds; "
               f"metric mean/G-STD (CCSR Eq. 4), L-STD (Eq. 5); {options['crop_border']}-px border crop")
     write_markdown(out / "stability.md", results, list(metrics), header)

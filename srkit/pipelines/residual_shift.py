@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..backends.swin_unet import UNetModelSwin
 from ..backends.vq import VQModelTorch
@@ -88,7 +88,7 @@ class ResidualShiftMethod(DiffusionMethod):
 
     def __init__(
         self,
-        steps: int | None = 4,
+        steps: int | None = None,
         weights: str | None = None,
         dtype: torch.dtype = torch.float32,
         unet_config: Mapping[str, Any] | None = None,
@@ -115,6 +115,10 @@ class ResidualShiftMethod(DiffusionMethod):
                 f"downscale by {self.scale}; autoencoder_config gives {self.autoencoder.downscale} (use ch_mult of length 3)"
             )
         self.requires_grad_(False)
+
+    def learned_modules(self) -> dict[str, nn.Module]:
+        """The Swin-UNet denoiser: what the papers count (ResShift's 118.59 M); the VQ-f4 autoencoder is LDM's, frozen."""
+        return {"unet": self.unet}
 
     @property
     def size_multiple(self) -> int:

@@ -519,6 +519,7 @@ def run_training(cfg: Any) -> list[dict[str, float]]:
     """
     from omegaconf import OmegaConf
 
+    from ..options import flag, parse_options, text, whole
     from ..registry import build_method, instantiate
 
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -526,9 +527,12 @@ def run_training(cfg: Any) -> list[dict[str, float]]:
     for key in ("method", "data", "train"):
         if not isinstance(config.get(key), Mapping):
             raise ConfigError(f"srkit train needs a {key!r} config group (e.g. {key}=<name> or +{key}._target_=<class>)")
+    given = {"weights": config.get("weights"), "resume": config.get("resume", True), "until": config.get("until")}
+    options = parse_options("train", given, {
+        "weights": text(null="the method's default files"), "resume": flag, "until": whole(1, null="train.max_steps")})
     accelerate = import_optional("accelerate", extra="train", needed_for="srkit train")  # before any model is built
     accelerate.utils.set_seed(int(config["train"].get("seed", 0)))  # fresh modules (discriminators, heads) reproducible
-    method = build_method(config["method"], weights=config.get("weights"), device="cpu", sampler=config.get("sampler"))
+    method = build_method(config["method"], weights=options["weights"], device="cpu", sampler=config.get("sampler"))
     dataset = instantiate(config["data"], where="data")
     # The dataset's validation pairs (srkit.data.image_folders holds images out of the training folder for them).
     trainer = instantiate(config["train"], where="train", method=method, dataset=dataset,
@@ -536,4 +540,4 @@ def run_training(cfg: Any) -> list[dict[str, float]]:
     if trainer.accelerator.is_main_process:  # the resolved config of the run, next to its weights
         trainer.output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(config), trainer.output_dir / "config.yaml")
-    return trainer.fit(resume=bool(config.get("resume", True)), until=config.get("until"))
+    return trainer.fit(resume=options["resume"], until=options["until"])

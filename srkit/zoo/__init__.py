@@ -7,9 +7,10 @@ a method work, for tests and for the mini benchmarks, not a substitute for the o
 
 A zoo **part** is one trained file: a module's weights (safetensors, loaded strictly into ``model.<module>``) or a
 data file a constructor argument names (PG-ResShift's scale file). Each part records the recipe that trained it,
-its sha256 (checked at every load) and the config values that rebuild its network (e.g. ``unet_config``); the
-parts are listed in ``zoo.yaml`` beside this file, which :func:`publish` writes. A **method** of the zoo is the
-parts it is built from (:data:`METHOD_PARTS`).
+its sha256 (checked at every load), the config values that rebuild its network (e.g. ``unet_config``) and the
+constructor values it only works with (``pinned``, e.g. a denoiser's ``steps``: a load asking for others is refused,
+not run on a schedule the network never saw); the parts are listed in ``zoo.yaml`` beside this file, which
+:func:`publish` writes. A **method** of the zoo is the parts it is built from (:data:`METHOD_PARTS`).
 
 ``weights`` specs: ``"zoo"`` (the parts of the method being loaded), ``"zoo:<method>"`` (another method's parts,
 e.g. LPNSR's recipe trains its predictor on ``zoo:resshift``) or ``"zoo:<part>"`` (one part, e.g. ResShift's
@@ -21,22 +22,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, WeightsNotFoundError
+from ..errors import ConfigError, SrkitError, WeightsNotFoundError
 
-__all__ = ["METHOD_PARTS", "ZOO", "Part", "is_zoo", "load_parts", "part_config", "parts", "publish", "zoo_dir"]
+__all__ = ["METHOD_PARTS", "ZOO", "Part", "check_pinned", "is_zoo", "load_parts", "part_config", "parts", "publish", "zoo_dir"]
 
 ZOO = "zoo"
 MANIFEST = "zoo.yaml"
 # The parts of each method of the zoo, in load order.
 METHOD_PARTS: dict[str, tuple[str, ...]] = {
     "resshift": ("vq-f4-mini", "resshift-mini"),
-    "pg-resshift": ("vq-f4-mini", "resshift-mini", "pg-resshift-mini-scales"),
+    "pg-resshift": ("vq-f4-mini", "resshift-mini", "pg-resshift-mini-scales", "pg-resshift-mini-reference-scales"),
     "lpnsr": ("vq-f4-mini", "resshift-mini", "lpnsr-mini"),
 }
 # The constructor argument that configures each trained module's network.
@@ -53,6 +53,7 @@ class Part:
     recipe: str  # conf/train/<recipe>.yaml, or the command that wrote a data part
     module: str | None = None  # the model's module the file is loaded into; None: a data file named by `config`
     config: Mapping[str, Any] | None = None  # constructor values that rebuild it (a data part: {key: its file name})
+    pinned: Mapping[str, Any] | None = None  # constructor values it was trained with and needs (unset is fine)
 
     @property
     def path(self) -> Path:
@@ -64,7 +65,8 @@ def zoo_dir() -> Path:
 
 
 def is_zoo(spec: Any) -> bool:
-    return isinstance(spec, (str, os.PathLike)) and (str(spec) == ZOO or str(spec).startswith(f"{ZOO}:"))
+    """Whether a ``weights`` spec names the zoo: the strings ``"zoo"`` / ``"zoo:<name>"`` (a path named zoo is a path)."""
+    return isinstance(spec, str) and (spec == ZOO or spec.startswith(f"{ZOO}:"))
 
 
 def _manifest() -> dict[str, Part]:
@@ -106,6 +108,16 @@ def part_config(found: list[Part]) -> dict[str, Any]:
     return config
 
 
+def check_pinned(found: list[Part], config: Mapping[str, Any]) -> None:
+    """Refuse a method ``config`` that sets a constructor value other than one a part of ``found`` was trained with
+    (e.g. ``steps=15`` on a 4-step denoiser); a key the method does not take is not its concern."""
+    for part in found:
+        for key, value in (part.pinned or {}).items():
+            if config.get(key) not in (None, value):
+                raise ConfigError(f"zoo part {part.name} was trained with {key}={value}, got {key}={config[key]!r}; "
+                                  f"leave {key} unset (or {key}={value}) with the zoo's weights")
+
+
 def _sha256(path: Path) -> str:
     from ..weights import file_sha256  # srkit.weights imports torch: not at `import srkit`
 
@@ -142,14 +154,16 @@ def load_parts(model: Any, found: list[Part]) -> None:
 
 
 def publish(part: str, source: str | os.PathLike[str], *, recipe: str, module: str | None = None, key: str | None = None,
-            ema: bool = True) -> Part:
+            ema: bool = True, pinned: Mapping[str, Any] | None = None) -> Part:
     """Add a training run's module (its EMA copy when there is one) to the zoo as ``part``: the file, its sha256, its
     network config and recipe into ``zoo.yaml``; the run's ``log.jsonl`` and ``loss.png`` into ``logs/<part>/``.
     ``ema=False`` takes the live weights instead (when the EMA still averages in much of a short run's start).
     A file (e.g. a scale file from ``srkit calibrate``) is added as a data part, ``key`` naming the constructor
-    argument that takes it. ``recipe``: ``conf/train/<recipe>.yaml`` or the command that made the file."""
+    argument that takes it. ``recipe``: ``conf/train/<recipe>.yaml`` or the command that made the file; ``pinned``:
+    the constructor values the part needs (see :class:`Part`). Every file is written atomically, the manifest last."""
     from omegaconf import OmegaConf
 
+    from ..io import copy_file_atomic, write_text_atomic
     from ..registry import PRETRAINED_CONFIG
 
     source = Path(source)
@@ -158,9 +172,9 @@ def publish(part: str, source: str | os.PathLike[str], *, recipe: str, module: s
         if key is None:
             raise ConfigError("a data part needs the constructor argument that takes it: --key <name>")
         target = folder / f"{part}{source.suffix}"
-        shutil.copyfile(source, target)
-        entry = Part(part, target.name, _sha256(target), recipe, None, {key: target.name})
-    else:
+        copy_file_atomic(source, target)
+        entry = Part(part, target.name, _sha256(target), recipe, None, {key: target.name}, dict(pinned or {}) or None)
+    elif (source / PRETRAINED_CONFIG).is_file():
         record = OmegaConf.to_container(OmegaConf.load(source / PRETRAINED_CONFIG), resolve=True)
         assert isinstance(record, dict)
         modules = {**record["modules"], **(record["ema"] if ema else {})}  # the EMA copy replaces the live weights
@@ -168,27 +182,31 @@ def publish(part: str, source: str | os.PathLike[str], *, recipe: str, module: s
             if len(modules) != 1:
                 raise ConfigError(f"{source} holds {sorted(modules)}: pick one with --module")
             module = next(iter(modules))
+        if module not in modules or module not in MODULE_CONFIG_KEYS:
+            raise ConfigError(f"{source} holds no zoo module {module!r}; it holds {', '.join(sorted(modules))} and the zoo "
+                              f"takes {', '.join(MODULE_CONFIG_KEYS)}")
         target = folder / f"{part}.safetensors"
-        shutil.copyfile(source / modules[module], target)
-        run_config = OmegaConf.to_container(OmegaConf.load(source / "config.yaml"), resolve=True) \
-            if (source / "config.yaml").is_file() else {}
+        copy_file_atomic(source / modules[module], target)
         config_key = MODULE_CONFIG_KEYS[module]
-        entry = Part(part, target.name, _sha256(target), recipe, module, {config_key: record["config"].get(config_key)})
+        entry = Part(part, target.name, _sha256(target), recipe, module, {config_key: record["config"].get(config_key)},
+                     dict(pinned or {}) or None)
         logs = folder / "logs" / part
         logs.mkdir(parents=True, exist_ok=True)
         for name in ("log.jsonl", "loss.png", "validation.png"):
             if (source / name).is_file():
-                shutil.copyfile(source / name, logs / name)
-        if run_config:
-            (logs / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_config)))
+                copy_file_atomic(source / name, logs / name)
+        if (source / "config.yaml").is_file():  # the run's composed config, interpolations resolved
+            run_config = OmegaConf.to_container(OmegaConf.load(source / "config.yaml"), resolve=True)
+            write_text_atomic(logs / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(run_config)))
+    else:
+        raise ConfigError(f"{source} is neither a file nor a srkit train run folder (no {PRETRAINED_CONFIG} in it); pass the "
+                          "run's output folder or a data file such as a scale file")
     manifest_path = folder / MANIFEST
     current = OmegaConf.to_container(OmegaConf.load(manifest_path)) if manifest_path.is_file() else {}
     assert isinstance(current, dict)
-    current.setdefault("parts", {})[part] = {k: v for k, v in entry.__dict__.items() if k != "name"}
-    tmp = manifest_path.with_name(f".{MANIFEST}.tmp")
-    tmp.write_text("# srkit-zoo parts, written by `python -m srkit.zoo add` (srkit/zoo/__init__.py); sizes and sha256 pinned\n"
-                   + OmegaConf.to_yaml(OmegaConf.create(current)))
-    os.replace(tmp, manifest_path)
+    current.setdefault("parts", {})[part] = {k: v for k, v in entry.__dict__.items() if k != "name" and v is not None}
+    write_text_atomic(manifest_path, "# srkit-zoo parts, written by `python -m srkit.zoo add` (srkit/zoo/__init__.py); "
+                      "sha256 pinned\n" + OmegaConf.to_yaml(OmegaConf.create(current)))
     return entry
 
 
@@ -204,7 +222,23 @@ def main(argv: list[str] | None = None) -> None:
     add.add_argument("--key", help="a data file's constructor argument (e.g. scales)")
     add.add_argument("--live", action="store_true", help="the live weights, not the run's EMA copy")
     add.add_argument("--recipe", required=True, help="how it was made: conf/train/<recipe>.yaml, or the command")
+    add.add_argument("--pin", action="append", default=[], metavar="KEY=VALUE",
+                     help="a constructor value the part needs, e.g. steps=4 for a 4-step denoiser (repeatable)")
     args = parser.parse_args(argv)
-    entry = publish(args.part, args.source, recipe=args.recipe, module=args.module, key=args.key,
-                    ema=not args.live)
+    try:
+        pinned = dict(_pin(text) for text in args.pin)
+        entry = publish(args.part, args.source, recipe=args.recipe, module=args.module, key=args.key,
+                        ema=not args.live, pinned=pinned)
+    except SrkitError as err:
+        raise SystemExit(f"python -m srkit.zoo: error: {err}") from None
     print(json.dumps({k: v for k, v in entry.__dict__.items() if k != "config"}))
+
+
+def _pin(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--pin``, the value read as YAML (``steps=4`` pins the integer 4)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--pin takes KEY=VALUE (e.g. steps=4), got {text!r}")
+    return key, yaml.safe_load(value)

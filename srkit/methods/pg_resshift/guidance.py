@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from ...diffusion import Chain, DiffusionMethod, MeanCorrectionHook
-from ...errors import ConfigError, InvalidImageError
+from ...errors import ConfigError, InvalidImageError, WeightsNotFoundError
 from ...ops.resize import bicubic_upsample
 from ...samplers.residual_shift import ResidualShiftSampler
 from ...types import Denoiser, Sampler, check_image_tensor
@@ -128,20 +128,25 @@ class GuidanceScales:
         """Write a safetensors file: tensor ``alpha`` and metadata steps, mode, gradient, pairs, per_step."""
         if self.gradient is None:
             raise ConfigError("only calibrated scales (with their gradient) are written to a scale file")
+        from safetensors.torch import save
+
+        from ...io import atomic_file
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"steps": str(self.steps), "mode": self.mode, "gradient": self.gradient, "pairs": str(self.pairs),
                 "per_step": json.dumps(self.per_step)}
-        save_file({"alpha": self.alpha.double().contiguous()}, str(path), metadata=meta)
+        with atomic_file(path) as file:
+            file.write(save({"alpha": self.alpha.double().contiguous()}, metadata=meta))
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> GuidanceScales:
+        """A scale file: a path, or a bare file name looked up where weights are (``$SRKIT_HOME/weights``,
+        ``./weights``), as a table spec names the scales calibrated for the official weights."""
         from safetensors import safe_open
 
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"guidance scale file {str(path)!r} does not exist; write one with `srkit calibrate`")
+        path = find_scale_file(path)
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
         missing = {"steps", "mode", "gradient", "pairs"} - meta.keys()
@@ -152,6 +157,26 @@ class GuidanceScales:
 
 
 ScalesSpec = str | Path | float | Sequence[float] | None
+
+
+def find_scale_file(spec: str | Path) -> Path:
+    """The scale file ``spec`` names (see :meth:`GuidanceScales.load`), or an error saying where it was looked for
+    and the command that writes it."""
+    from ...weights import search_dirs
+
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    looked = [path] if len(path.parts) > 1 else [path, *(folder / path.name for folder in search_dirs())]
+    for candidate in looked[1:]:
+        if candidate.is_file():
+            return candidate
+    target = looked[-1] if len(looked) > 1 else path
+    raise WeightsNotFoundError(
+        f"guidance scale file {str(spec)!r} not found (looked at {', '.join(map(str, looked))}); the paper gives no "
+        f"values: calibrate them on LR-HR pairs, e.g. `srkit calibrate data._target_=srkit.data.paired.PairedFolder "
+        f"+data.hr_dir=HR +data.lr_dir=LR mode=<non-reference | reference> output={target}`"
+    )
 
 
 def read_scales(scales: ScalesSpec, steps: int, *, mode: str = "non-reference", gradient: str | None = None) -> GuidanceScales:

@@ -3,11 +3,19 @@
 The pipeline is :class:`srkit.pipelines.residual_shift.ResidualShiftMethod` (which picks the released checkpoint
 and its schedule by ``steps``) with no hook.
 
-Training (journal config ``configs/realsr_swinunet_realesrgan256_journal.yaml``, ``TrainerDifIRLPIPS``;
-shared/facts/resshift-lpnsr.md sec. 1.3): the Swin-UNet alone, x0-prediction in the latent: t ~ U{0..T-1},
+Releases: ``steps=4`` (v3, the default) or ``steps=15`` (v2); ``version="v1"`` picks the first 15-step release
+(:data:`srkit.pipelines.residual_shift.RELEASES`).
+
+Training, ``stage="denoiser"`` (journal config ``configs/realsr_swinunet_realesrgan256_journal.yaml``,
+``TrainerDifIRLPIPS``; shared/facts/resshift-lpnsr.md sec. 1.3): the Swin-UNet alone, x0-prediction in the latent: t ~ U{0..T-1},
 x_t ~ q(x_t | z_0, z_y) (Eq. (2)), loss = MSE(f(x_t, y_0, t), z_0) + LPIPS-VGG(decode(f), HR), weights [1.0, 1.0]
 (``loss_weights``; LPIPS needs torchvision's VGG16 file, ``lpips_weights``, which cannot be downloaded here:
 ``lpips: 0`` trains on the latent MSE alone). The recipe's optimiser and schedule are ``conf/train/resshift.yaml``.
+
+Training, ``stage="autoencoder"`` (the VQ-f4 first stage, LDM's ``VQModel`` with ``VQLPIPSWithDiscriminator``):
+L1 + LPIPS reconstruction in [-1, 1] and the codebook loss of ``VectorQuantizer2`` (beta 0.25), the codebook set
+from the first batch's latents (so that no code starts dead); LDM's discriminator is left out (it starts long
+after a run of the zoo's length, conf/train/zoo-vq.yaml, would end).
 
 Tiling differs from the official ``ImageSpliterTh`` on purpose: overlapping tiles are blended
 smoothly by :func:`srkit.tiling.tiled_apply` instead of averaged uniformly; like the official code,
@@ -71,6 +79,7 @@ class ResShift(ResidualShiftMethod):
         if unknown:
             raise ConfigError(f"unknown resshift loss weights {unknown} for stage {stage!r}; its terms are {', '.join(defaults)}")
         self.stage, self.for_training, self.loss_weights = stage, for_training, {**defaults, **(loss_weights or {})}
+        self._codebook_initialised = False
         self.lpips: nn.Module | None = None
         if for_training and self.loss_weights["lpips"]:
             from ...losses.lpips import PixelLPIPS
@@ -113,17 +122,14 @@ class ResShift(ResidualShiftMethod):
 
     def autoencoder_losses(self, hr: Tensor, *, first_step: bool = False) -> dict[str, Tensor]:
         """L1 + LPIPS reconstruction and the codebook loss of ``hr`` (B, 3, H, W) in [0, 1], H and W multiples of 4
-        (see the module docstring); ``first_step`` first sets the codebook from this batch's latents."""
+        (see the module docstring); ``first_step`` first sets the codebook from this batch's latents (once: the
+        further micro-batches of an accumulated first step keep it)."""
         x = self.to_model_range(hr)
         z = self.autoencoder.encode(x)
-        codebook = self.autoencoder.quantize.embedding.weight
-        if first_step:
-            with torch.no_grad():
-                latents = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-                picks = torch.randint(0, latents.shape[0], (codebook.shape[0],), device=latents.device)
-                codebook.copy_(latents[picks] + 1e-3 * torch.randn_like(codebook))
-        z_q, index = self.autoencoder.quantize(z)  # straight-through: the decoder's gradient reaches the encoder
-        codes = self.autoencoder.quantize.embedding(index).view(z.shape[0], z.shape[2], z.shape[3], -1).permute(0, 3, 1, 2)
+        if first_step and not self._codebook_initialised:
+            self.init_codebook(z.detach())
+        codes, _ = self.autoencoder.quantize.nearest(z)
+        z_q = z + (codes - z).detach()  # straight-through: the decoder's gradient reaches the encoder
         # VectorQuantizer2 (legacy): the encoder's commitment + beta x the codebook's pull towards the latents.
         codebook_loss = F.mse_loss(codes.detach(), z) + COMMITMENT_BETA * F.mse_loss(codes, z.detach())
         reconstruction = self.autoencoder.decoder(self.autoencoder.post_quant_conv(z_q))
@@ -132,3 +138,15 @@ class ResShift(ResidualShiftMethod):
         if self.lpips is not None:
             terms["lpips"] = self.loss_weights["lpips"] * self.lpips(self.from_model_range(reconstruction), hr).mean()
         return terms
+
+    @torch.no_grad()
+    def init_codebook(self, z: Tensor) -> None:
+        """Set every codebook entry to a latent of ``z`` (B, C, h, w) picked at random (+1e-3 noise), so that no code
+        starts dead; in a multi-process run the first process's choice is broadcast, so every replica starts alike."""
+        codebook = self.autoencoder.quantize.embedding.weight
+        latents = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        picks = torch.randint(0, latents.shape[0], (codebook.shape[0],), device=latents.device)
+        codebook.copy_(latents[picks] + 1e-3 * torch.randn_like(codebook))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(codebook, src=0)
+        self._codebook_initialised = True
