@@ -1,25 +1,31 @@
-"""Latency and peak memory of ``m.sr`` per method x steps x size, with synthetic weights.
+"""Latency, throughput, peak memory and FLOPs of ``m.sr`` per method x steps x size, with synthetic weights.
 
-For each method, step count and LR size the median wall time of ``m.sr`` over ``--repeats`` runs
-(after ``--warmup``) and the peak memory (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the growth
-of the process's peak RSS, a lower bound) are reported, together with the same computation written
-naively with diffusers components in eager mode (the baseline a user would write) and the ratio
-srkit / naive. The naive baseline exists for ``invsr``; other methods report ``n/a``.
+For each method, step count and LR size: the median wall time of ``m.sr`` over ``--repeats`` runs (after
+``--warmup``), its peak memory (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the growth of the process's peak
+RSS, a lower bound), its GFLOP (``torch.utils.flop_counter``: matmuls, convolutions, attention) and the ratio of
+its time to the FLOP floor (GFLOP / the device's matmul peak, measured in the same run), and with ``--batch N``
+the throughput of one batch of N. Against it, in the same process: the same computation written naively with
+diffusers components in eager mode (``naive``, for ``invsr``), the official code (``--official-resshift DIR``,
+``--official-lpnsr DIR``; benchmarks/official.py) and srkit's fast path (``--fast``: ``sr(fast=True)``).
 
-    python benchmarks/latency.py --methods invsr --steps 1 3 --sizes 128        # CUDA: 128 -> 512
-    python benchmarks/latency.py --methods invsr --tiny --sizes 16 --device cpu  # CPU, reduced widths
+    python benchmarks/latency.py --methods invsr --steps 1 3 --sizes 128 --fast --batch 8      # CUDA: 128 -> 512
+    python benchmarks/latency.py --methods resshift lpnsr --steps 4 --sizes 128 --device cpu --fast \
+        --official-resshift ResShift --official-lpnsr LPNSR                                     # CPU, official code
+    python benchmarks/latency.py --methods invsr --tiny --sizes 16 --device cpu                 # CPU, reduced widths
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +33,7 @@ from torch import Tensor
 
 import srkit
 
-__all__ = ["NAIVE", "TINY", "main", "measure", "naive_invsr"]
+__all__ = ["NAIVE", "TINY", "gflop", "main", "matmul_peak", "measure", "naive_invsr"]
 
 # Reduced-width configurations (--tiny) for CPU runs: the real architectures at small widths.
 TINY: dict[str, dict[str, Any]] = {
@@ -98,12 +104,51 @@ def measure(fn: Callable[[], Any], device: torch.device, *, warmup: int, repeats
     return statistics.median(times), peak
 
 
+def gflop(fn: Callable[[], Any]) -> float:
+    """The GFLOP of one call of ``fn`` as torch's FLOP counter counts them (matmuls, convolutions, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """The device's measured dense matmul rate in TFLOP/s for ``dtype``: the best of five square products, large
+    enough to be compute bound (the roofline the FLOP floor divides by)."""
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    best = float("inf")
+    for _ in range(6):  # the first is warm-up: kernels chosen, memory touched
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e12
+
+
 def run(methods: Sequence[str], steps: Sequence[int], sizes: Sequence[int], *, device: torch.device, dtype: torch.dtype,
-        tiny: bool, warmup: int, repeats: int, seed: int = 0) -> list[dict[str, Any]]:
-    """One row per method x steps x size: ``srkit_ms``, ``peak_mib``, ``naive_ms``, ``ratio`` (None: n/a)."""
+        tiny: bool, warmup: int, repeats: int, seed: int = 0,
+        official: Mapping[str, str | Path] | None = None, fast: bool = False, batch: int | None = None,
+        peaks: Mapping[torch.dtype, float] | None = None) -> list[dict[str, Any]]:
+    """One row per method x steps x size: ``srkit_ms``, ``peak_mib``, ``gflop``, ``floor_ratio`` (srkit_ms over the
+    FLOP floor at ``peaks[dtype]`` TFLOP/s; None without it), ``batch_ips`` (images/s in one batch of ``batch``),
+    ``naive_ms``, ``ratio`` (srkit / naive); for
+    the methods in ``official`` (name -> checkout, see benchmarks/official.py), ``official_ms``, ``official_ratio``
+    (srkit / official), ``official_max_diff`` (max |srkit - official| on the same seed) and ``official_mismatch`` (the
+    fraction of output values that differ by more than 1e-4: a VQ code whose two nearest entries are within float32
+    rounding of each other can flip, and changes the pixels it decodes to); with ``fast``, srkit's fast
+    path (``sr(fast=True)``): ``fast_ms``, ``fast_ratio`` (fast / naive, else fast / official), ``fast_floor_ratio``
+    (against the peak of the fast type) and ``fast_psnr`` (dB, fast path against the exact path, same seed). None:
+    n/a."""
+    peaks = peaks or {}
+    if official:
+        from official import OFFICIAL  # benchmarks/official.py, beside this file
     rows = []
     for name in methods:
         model = srkit.load(name, weights="synthetic", **(TINY.get(name, {}) if tiny else {})).to(device, dtype).eval()
+        baseline = OFFICIAL[name](model, official[name]) if official and name in official else None
         allowed = model.descriptor.steps
         for n in steps if allowed is not None else [None]:
             if allowed is not None and n not in allowed:
@@ -111,14 +156,39 @@ def run(methods: Sequence[str], steps: Sequence[int], sizes: Sequence[int], *, d
             for size in sizes:
                 lr = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
                 ms, peak = measure(partial(model.sr, lr, steps=n, seed=seed), device, warmup=warmup, repeats=repeats)
+                work = gflop(partial(model.sr, lr, steps=n, seed=seed))
                 row = {"method": name, "steps": n, "size": size, "out": size * model.scale, "srkit_ms": 1e3 * ms,
-                       "peak_mib": peak, "naive_ms": None, "ratio": None}
+                       "peak_mib": peak, "gflop": work, "floor_ratio": _floor_ratio(ms, work, peaks.get(dtype)),
+                       "batch_ips": None, "naive_ms": None, "ratio": None, "official_ms": None, "official_ratio": None,
+                       "official_max_diff": None, "official_mismatch": None, "fast_ms": None, "fast_ratio": None,
+                       "fast_floor_ratio": None, "fast_psnr": None}
+                if batch:
+                    many = lr.expand(batch, -1, -1, -1).contiguous()
+                    seconds, _ = measure(partial(model.sr, many, steps=n, seed=seed), device, warmup=1, repeats=1)
+                    row.update(batch_ips=batch / seconds)
                 if name in NAIVE:
                     x = lr.to(dtype)
                     naive, _ = measure(partial(NAIVE[name], model, x, n, seed), device, warmup=warmup, repeats=repeats)
                     row.update(naive_ms=1e3 * naive, ratio=ms / naive)
+                if baseline is not None:
+                    reference, _ = measure(partial(baseline, lr, n, seed), device, warmup=warmup, repeats=repeats)
+                    gap = (model.sr(lr, steps=n, seed=seed) - baseline(lr, n, seed)).abs()
+                    row.update(official_ms=1e3 * reference, official_ratio=ms / reference, official_max_diff=gap.max().item(),
+                               official_mismatch=(gap > 1e-4).double().mean().item())
+                if fast:
+                    quick, _ = measure(partial(model.sr, lr, steps=n, seed=seed, fast=True), device, warmup=warmup,
+                                       repeats=repeats)
+                    gap = (model.sr(lr, steps=n, seed=seed, fast=True) - model.sr(lr, steps=n, seed=seed)).double()
+                    baseline_ms = row["naive_ms"] or row["official_ms"]
+                    row.update(fast_ms=1e3 * quick, fast_ratio=None if baseline_ms is None else 1e3 * quick / baseline_ms,
+                               fast_floor_ratio=_floor_ratio(quick, work, peaks.get(model._fast_dtype(True))),
+                               fast_psnr=float(-10 * gap.square().mean().log10()))
                 rows.append(row)
     return rows
+
+
+def _floor_ratio(seconds: float, gigaflop: float, tflops: float | None) -> float | None:
+    return None if not tflops or not gigaflop else seconds / (gigaflop / tflops / 1e3)
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
@@ -126,10 +196,19 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     def cell(value: Any) -> str:
         return "n/a" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
 
-    keys = ["method", "steps", "size", "out", "srkit_ms", "peak_mib", "naive_ms", "ratio"]
+    keys = ["method", "steps", "size", "out", "srkit_ms", "peak_mib", "gflop", "floor_ratio", "batch_ips", "naive_ms",
+            "ratio", "official_ms", "official_ratio", "official_max_diff", "official_mismatch", "fast_ms", "fast_ratio",
+            "fast_floor_ratio", "fast_psnr"]
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")] \
+        if cpuinfo.exists() else []
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -144,13 +223,24 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", help="also write the rows to this file")
+    for name in ("resshift", "lpnsr"):
+        parser.add_argument(f"--official-{name}", metavar="DIR",
+                            help=f"a checkout of {name}'s official repository: time its pipeline too (benchmarks/official.py)")
+    parser.add_argument("--fast", action="store_true", help="also time the fast path, sr(fast=True)")
+    parser.add_argument("--batch", type=int, default=None, help="also time one batch of this many (images/s)")
     args = parser.parse_args(argv)
+    official = {name: folder for name, folder in (("resshift", args.official_resshift), ("lpnsr", args.official_lpnsr))
+                if folder}
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
     sizes = args.sizes or ([128] if device.type == "cuda" else [16])
+    peaks = {kind: matmul_peak(device, kind) for kind in {dtype, *([torch.bfloat16] if args.fast else [])}}
     rows = run(args.methods, args.steps, sizes, device=device, dtype=dtype, tiny=args.tiny, warmup=args.warmup,
-               repeats=args.repeats)
-    print(f"device {device}, {dtype}, torch {torch.__version__}, synthetic weights{', tiny configs' if args.tiny else ''}")
+               repeats=args.repeats, official=official, fast=args.fast, batch=args.batch, peaks=peaks)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    print(f"device {device} ({name}, {torch.get_num_threads()} threads), {dtype}, torch {torch.__version__}, synthetic "
+          f"weights{', tiny configs' if args.tiny else ''}; matmul peak "
+          + ", ".join(f"{str(k).removeprefix('torch.')} {v:.3g} TFLOP/s" for k, v in peaks.items()))
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -317,7 +317,7 @@ def _exit_with_error(command: str, err: SrkitError) -> NoReturn:
 # srkit sr: strict options, output names, the resume manifest
 
 MANIFEST_NAME = "srkit-manifest.json"  # in the output folder: what each result there was made from
-_SR_KNOBS = ("steps", "seed", "tile", "tile_overlap", "tile_batch", "decoder_tile", "color_fix")  # passed to sr()
+_SR_KNOBS = ("steps", "seed", "tile", "tile_overlap", "tile_batch", "decoder_tile", "color_fix", "fast")  # passed to sr()
 # What makes a result: recorded in the manifest, so a result is kept only for the same values. Not the device:
 # devices differ by float rounding only.
 _SETTINGS_KEYS = ("weights", "dtype", *_SR_KNOBS, "bits")
@@ -339,6 +339,17 @@ def _bits(value: Any) -> int | None:
     raise option_parsing.NotAllowed("8 or 16, or null (the bit depth of each input)")
 
 
+def _fast(value: Any) -> bool | str:
+    from .types import FAST_DTYPES
+
+    if value in FAST_DTYPES:
+        return value
+    try:
+        return option_parsing.flag(value)
+    except option_parsing.NotAllowed:
+        raise option_parsing.NotAllowed(f"true (bfloat16), false (the exact path) or {' | '.join(FAST_DTYPES)}") from None
+
+
 def _color_fix(value: Any) -> str | None:
     from .ops.color import check_color_fix
 
@@ -351,7 +362,7 @@ _SR_OPTIONS: dict[str, Callable[[Any], Any]] = {
     "weights": option_parsing.text(null="the method's default files"), "device": option_parsing.text(), "dtype": option_parsing.text(),
     "steps": option_parsing.whole(1, null="the method's default"), "seed": option_parsing.whole(0, null="unseeded"), "tile": _tile,
     "tile_overlap": option_parsing.whole(0), "tile_batch": option_parsing.whole(1),
-    "decoder_tile": option_parsing.whole(8, null="untiled decoding"), "color_fix": _color_fix, "bits": _bits,
+    "decoder_tile": option_parsing.whole(8, null="untiled decoding"), "color_fix": _color_fix, "fast": _fast, "bits": _bits,
     "overwrite": option_parsing.flag, "progress": option_parsing.flag,
 }
 

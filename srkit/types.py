@@ -15,6 +15,7 @@ autoencoder can be swapped by name:
 from __future__ import annotations
 
 import os
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ Tiling = Literal["supported", "discouraged", "internal"]
 _DECODER_TILE: ContextVar[int | None] = ContextVar("srkit_decoder_tile", default=None)
 # Whether the sr() call in progress shows progress bars; read by Sampler.sample for its bar over the steps.
 _PROGRESS: ContextVar[bool] = ContextVar("srkit_progress", default=False)
+FAST_DTYPES = ("bfloat16", "float16")  # the autocast types of sr(fast=...)
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,13 @@ class SRMethod(nn.Module, ABC):
     """
 
     descriptor: ClassVar[MethodDescriptor]
+    # Whether the colour fix's reference, the bicubic x4 LR, is clamped to [0, 1] (its overshoot at edges cut off);
+    # a method whose official code keeps the overshoot says False.
+    color_reference_clamped: ClassVar[bool] = True
+    # Whether an untiled sr() corrects the colours on the padded canvas (:meth:`canvas`), before the crop, against the
+    # bicubic x4 of the padded LR, as LPNSR's official inference does (near the borders the fix then sees the reflect
+    # padding, not its own replicate padding); otherwise, and always when tiled, on the output against the LR's.
+    color_fix_on_canvas: ClassVar[bool] = False
 
     def __init__(self, scale: int, color_fix: ColorFix | None = None):
         super().__init__()
@@ -242,6 +251,7 @@ class SRMethod(nn.Module, ABC):
         decoder_tile: int | None = None,
         color_fix: ColorFix | None = None,
         progress: bool = False,
+        fast: bool | str = False,
         **knobs: Any,
     ) -> Tensor:
         """Super-resolve ``lr`` (B, 3, h, w) in [0, 1] to (B, 3, s*h, s*w) in [0, 1].
@@ -253,10 +263,12 @@ class SRMethod(nn.Module, ABC):
         stage-wise tiling (:meth:`Autoencoder.decode_tiled`), so the decoder's memory follows the tile.
         ``color_fix`` (default: the method's ``color_fix``; ``"none"`` turns it off) corrects the colours of the
         whole output, after the tiles are merged, against the bicubic upsampling of the LR.
-        For outputs too large for memory, :meth:`sr_rows` yields the same result band by band.
+        ``fast`` runs the networks in reduced precision: ``True`` (bfloat16; float16 on a GPU without bfloat16),
+        ``"bfloat16"`` or ``"float16"``, under autocast with channels-last activations, on a float32 model; a batch
+        whose output is not finite is rerun on the exact path (same noise) with a warning. The default is the exact
+        path of the model's dtype (what the goldens check). For outputs too large for memory, :meth:`sr_rows` yields
+        the same result band by band.
         """
-        from .ops.color import color_fix as apply_color_fix
-        from .ops.resize import bicubic_upsample
         from .tiling import apply_padded, tiled_apply
 
         lr = check_image_tensor(lr)
@@ -267,22 +279,26 @@ class SRMethod(nn.Module, ABC):
             start = auto_tile(lr.shape, scale=self.scale, device=self.device, minimum=minimum)
             return with_auto_tile(
                 lambda t: self.sr(lr, steps=steps, seed=seed, tile=t, tile_overlap=tile_overlap, tile_batch=tile_batch,
-                                  decoder_tile=decoder_tile, color_fix=color_fix, progress=progress, **knobs),
+                                  decoder_tile=decoder_tile, color_fix=color_fix, progress=progress, fast=fast, **knobs),
                 start=start, side=max(lr.shape[-2:]), minimum=minimum, device=self.device)
         call = self._prepare_call(lr, steps=steps, seed=seed, tile=tile, decoder_tile=decoder_tile, color_fix=color_fix,
-                                  progress=progress, knobs=knobs)
+                                  progress=progress, fast=fast, knobs=knobs)
         in_dtype, in_device = lr.dtype, lr.device
         lr = lr.to(self.device, self.dtype)
         stacked = call.stack(lr)
+        fix_on_canvas = tile is None and call.fix != "none" and self.color_fix_on_canvas
         with call.running():
-            if tile is None:
+            if fix_on_canvas:
+                out = apply_padded(lambda x: self._fix_colors(call.run(x), x, call.fix), self.canvas(stacked),
+                                   scale=self.scale)[..., : self.scale * lr.shape[-2], : self.scale * lr.shape[-1]]
+            elif tile is None:
                 out = apply_padded(call.run, stacked, scale=self.scale, multiple=self.size_multiple)
             else:
                 out = tiled_apply(call.run, stacked, scale=self.scale, tile=tile, overlap=tile_overlap, multiple=self.size_multiple,
                                   batch_size=tile_batch, progress=progress)
         self._check_output(out, lr.shape)
-        if call.fix != "none":
-            out = apply_color_fix(out, bicubic_upsample(lr, self.scale).clamp(0, 1), call.fix)
+        if call.fix != "none" and not fix_on_canvas:
+            out = self._fix_colors(out, lr, call.fix)
         return out.clamp_(0, 1).to(in_device, in_dtype)
 
     @torch.no_grad()
@@ -298,6 +314,7 @@ class SRMethod(nn.Module, ABC):
         decoder_tile: int | None = None,
         color_fix: ColorFix | None = None,
         progress: bool = False,
+        fast: bool | str = False,
     ) -> Iterator[tuple[int, Tensor]]:
         """:meth:`sr` with ``tile``, yielded as ``(first row, rows)`` bands of the output, top to bottom, on the CPU.
 
@@ -307,7 +324,7 @@ class SRMethod(nn.Module, ABC):
         never holds the output. The colour fixes ``wavelet`` and ``ycbcr`` are local, so they are applied band by
         band with the rows they reach, which equals :meth:`sr`'s whole-image fix; ``adain`` needs the statistics of
         the whole output, so it is refused here (use :meth:`sr`). Image-valued knobs (PG-ResShift's guide) need
-        :meth:`sr`.
+        :meth:`sr`. ``fast`` as in :meth:`sr` (the exact-path rerun is per tile batch).
         """
         from .ops.color import color_fix_rows
         from .ops.resize import bicubic_upsample_rows
@@ -316,7 +333,7 @@ class SRMethod(nn.Module, ABC):
         source = lr if not isinstance(lr, Tensor) else TensorSource(check_image_tensor(lr))
         height, width = source.shape[-2:]
         call = self._prepare_call(None, steps=steps, seed=seed, tile=tile, decoder_tile=decoder_tile, color_fix=color_fix,
-                                  progress=progress, knobs={})
+                                  progress=progress, fast=fast, knobs={})
         if call.fix == "adain":
             raise UnsupportedError(
                 "color_fix=adain needs the statistics of the whole output, which sr_rows never holds; "
@@ -330,7 +347,7 @@ class SRMethod(nn.Module, ABC):
             return source.crop(top, 0, bottom - top, width).to(torch.float32)
 
         def reference(first: int, last: int) -> Tensor:  # rows of bicubic_upsample(lr), as sr()'s colour fix uses
-            return bicubic_upsample_rows(lr_rows, first, last, scale=self.scale, height=height).clamp(0, 1)
+            return self._color_reference(bicubic_upsample_rows(lr_rows, first, last, scale=self.scale, height=height))
 
         with call.running():
             rows = tiled_rows(call.run, source, scale=self.scale, tile=tile, overlap=tile_overlap, multiple=self.size_multiple,
@@ -340,7 +357,8 @@ class SRMethod(nn.Module, ABC):
                 yield first, band.clamp_(0, 1)
 
     def _prepare_call(self, lr: Tensor | None, *, steps: int | None, seed: int | None, tile: int | None,
-                      decoder_tile: int | None, color_fix: ColorFix | None, progress: bool, knobs: dict[str, Any]) -> _Call:
+                      decoder_tile: int | None, color_fix: ColorFix | None, progress: bool, knobs: dict[str, Any],
+                      fast: bool | str = False) -> _Call:
         """What :meth:`sr` and :meth:`sr_rows` check before any model runs, and the function they run on (tiles of) the LR."""
         from .ops.color import check_color_fix
 
@@ -352,6 +370,7 @@ class SRMethod(nn.Module, ABC):
             raise ConfigError(f"tile must be a whole number of LR pixels, 'auto' or None, got {tile!r}")
         if tile is not None and self.descriptor.tiling == "internal":
             raise UnsupportedError(f"{self.descriptor.name} tiles internally; call sr() without tile=")
+        fast_dtype = self._fast_dtype(fast)
         generator = None if seed is None else torch.Generator(self.device).manual_seed(int(seed))
         # Image-valued knobs (PG-ResShift's HR guide) travel with the LR: pixel-unshuffled to the LR's size and stacked
         # on its channels, they are padded and cut into tiles exactly as the LR is.
@@ -366,10 +385,53 @@ class SRMethod(nn.Module, ABC):
                 width = knobs[name].shape[1] * factor * factor
                 call_knobs[name] = F.pixel_shuffle(x[:, start : start + width], factor)
                 start += width
-            out = self._sr(self.to_model_range(x[:, :3]), steps=steps, generator=generator, **call_knobs)
-            return self.from_model_range(out)
+            y = self.to_model_range(x[:, :3])
+            if fast_dtype is None:
+                return self.from_model_range(self._sr(y, steps=steps, generator=generator, **call_knobs))
+            state = None if generator is None else generator.get_state()
+            # Channels-last activations: the convolutions' fast layout; every layer after the first keeps it.
+            with torch.autocast(y.device.type, dtype=fast_dtype):
+                out = self._sr(y.contiguous(memory_format=torch.channels_last), steps=steps, generator=generator, **call_knobs)
+            if bool(torch.isfinite(out).all()):
+                return self.from_model_range(out.to(self.dtype).contiguous())
+            warnings.warn(f"{self.descriptor.name}: the {str(fast_dtype).removeprefix('torch.')} fast path gave non-finite "
+                          f"values for a batch; it was rerun in {str(self.dtype).removeprefix('torch.')}", RuntimeWarning,
+                          stacklevel=2)
+            if state is not None:
+                generator.set_state(state)  # the same noise as the exact path draws
+            return self.from_model_range(self._sr(y, steps=steps, generator=generator, **call_knobs))
 
         return _Call(run=run, stack=stack, fix=fix, decoder_tile=decoder_tile, progress=progress)
+
+    def _color_reference(self, upsampled: Tensor) -> Tensor:
+        return upsampled.clamp(0, 1) if self.color_reference_clamped else upsampled
+
+    def _fix_colors(self, out: Tensor, lr: Tensor, fix: ColorFix) -> Tensor:
+        """``out`` in [0, 1] colour-corrected against the bicubic upsampling of ``lr`` (its first three channels)."""
+        from .ops.color import color_fix as apply_color_fix
+        from .ops.resize import bicubic_upsample
+
+        return apply_color_fix(out, self._color_reference(bicubic_upsample(lr[:, :3], self.scale)), fix)
+
+    def canvas(self, lr: Tensor) -> Tensor:
+        """``lr`` padded (bottom, right) to the sides the network runs on: :attr:`size_multiple`."""
+        from .tiling import pad_to_multiple
+
+        return pad_to_multiple(lr, self.size_multiple)
+
+    def _fast_dtype(self, fast: bool | str) -> torch.dtype | None:
+        """The autocast type of ``sr(fast=...)`` on this model's device, or None (the exact path)."""
+        if fast is False or fast is None:
+            return None
+        if fast is not True and fast not in FAST_DTYPES:
+            raise ConfigError(f"fast must be true, false, {' or '.join(FAST_DTYPES)}, got {fast!r}")
+        if self.dtype != torch.float32:
+            raise UnsupportedError(f"the fast path runs a float32 model in reduced precision; this model is "
+                                   f"{str(self.dtype).removeprefix('torch.')}: load it in float32 or leave fast off")
+        if fast is not True:
+            return getattr(torch, fast)
+        cuda = self.device.type == "cuda"
+        return torch.float16 if cuda and not torch.cuda.is_bf16_supported() else torch.bfloat16
 
     def _check_output(self, out: Tensor, lr_shape: torch.Size) -> None:
         expected = (lr_shape[0], 3, self.scale * lr_shape[-2], self.scale * lr_shape[-1])

@@ -32,10 +32,20 @@ def test_main_reports_latency_memory_and_ratio(tmp_path, capsys):
     latency = load_latency()
     out = tmp_path / "rows.json"
     rows = latency.main(["--methods", "invsr", "bicubic", "--tiny", "--steps", "1", "--sizes", "16", "--device", "cpu",
-                         "--warmup", "0", "--repeats", "1", "--json", str(out)])
+                         "--warmup", "0", "--repeats", "1", "--batch", "2", "--json", str(out)])
     invsr, bicubic = rows
     assert (invsr["method"], invsr["steps"], invsr["size"], invsr["out"]) == ("invsr", 1, 16, 64)
-    assert invsr["srkit_ms"] > 0 and invsr["naive_ms"] > 0
+    assert invsr["srkit_ms"] > 0 and invsr["naive_ms"] > 0 and invsr["batch_ips"] > 0
     assert invsr["ratio"] == pytest.approx(invsr["srkit_ms"] / invsr["naive_ms"])
+    assert invsr["gflop"] > 0 and invsr["floor_ratio"] > 1  # no run beats the matmul peak it is measured against
     assert bicubic["steps"] is None and bicubic["ratio"] is None
-    assert "| invsr | 1 | 16 | 64 |" in capsys.readouterr().out and out.exists()
+    assert bicubic["gflop"] == 0 and bicubic["floor_ratio"] is None  # interpolation is not a FLOP the counter counts
+    printed = capsys.readouterr().out
+    assert "| invsr | 1 | 16 | 64 |" in printed and "matmul peak float32" in printed and out.exists()
+
+
+def test_gflop_counts_a_matmul_and_the_peak_is_a_rate():
+    latency = load_latency()
+    a = torch.ones(64, 32)
+    assert latency.gflop(lambda: a @ a.T) == pytest.approx(2 * 64 * 64 * 32 / 1e9)
+    assert 1e-3 < latency.matmul_peak(torch.device("cpu"), torch.float32) < 1e3  # TFLOP/s

@@ -50,6 +50,7 @@ BAD_VALUES = {
     "decoder_tile=4": "decoder_tile=4 is not valid: decoder_tile takes a whole number >= 8",
     "bits=12": "bits=12 is not valid: bits takes 8 or 16, or null (the bit depth of each input)",
     "color_fix=sharp": "color_fix='sharp' is not a colour fix; use one of none, wavelet, adain, ycbcr",
+    "fast=maybe": "fast=maybe is not valid: fast takes true (bfloat16), false (the exact path) or bfloat16 | float16",
     "output=": "output= is not valid: output takes a file or folder path",
     "+tiel=64": "+tiel=64: srkit sr has no option 'tiel'. Did you mean 'tile'?",
     "++overwrit=true": "srkit sr has no option 'overwrit'. Did you mean 'overwrite'?",

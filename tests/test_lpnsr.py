@@ -131,11 +131,18 @@ def test_one_and_two_steps_seeded_and_one_step_is_resshift(tiny, monkeypatch):
     assert counter.calls == [1] and torch.equal(two, tiny.sr(LR16, steps=2, seed=1))
     assert not torch.equal(two, tiny.sr(LR16, steps=2, seed=2))
     # 1 step = ResShift's 1-step chain (Eq. (3) start at t = 0, x0 prediction)
-    chain = tiny.condition(tiny.prepare(LR16), torch.Generator().manual_seed(1))
+    canvas = tiny.canvas(LR16)  # reflect-padded to 64, then to a power of two
+    assert canvas.shape[-2:] == (64, 64) and torch.equal(canvas[..., :16, :16], LR16)
+    chain = tiny.condition(tiny.to_model_range(canvas), torch.Generator().manual_seed(1))
     z_0 = tiny.sampler.sample(tiny.denoiser(chain), chain.y, timesteps=[0], generator=chain.generator)
-    decoded = tiny.from_model_range(tiny.decode(z_0, chain))[..., :64, :64]  # sr() crops, then colour-fixes the whole output
-    expected = wavelet_color_fix(decoded, bicubic_upsample(LR16, 4).clamp(0, 1))
+    decoded = tiny.from_model_range(tiny.decode(z_0, chain))
+    # inference.py: the padded output colour-fixed against the bicubic x4 of the padded LR (overshoot kept), then cropped
+    expected = wavelet_color_fix(decoded, bicubic_upsample(canvas, 4))[..., :64, :64]
     torch.testing.assert_close(one, expected.clamp(0, 1), atol=0, rtol=0)
+    # tiled, the fix runs on the merged output against the LR's own bicubic x4
+    tiled = tiny.sr(LR16, steps=1, seed=1, tile=64)  # one tile: the same network output
+    untiled_fix = wavelet_color_fix(tiny.sr(LR16, steps=1, seed=1, color_fix="none"), bicubic_upsample(LR16, 4))
+    torch.testing.assert_close(tiled, untiled_fix.clamp(0, 1), atol=0, rtol=0)
 
 
 @pytest.mark.slow
@@ -151,10 +158,12 @@ def test_three_steps_and_the_noise_knobs_at_four(tiny, monkeypatch):
 
 
 def test_colour_fix_bad_knobs_and_steps(tiny):
-    """The wavelet fix takes the low frequencies of the bicubic x4 LR (official ``_color_correction``)."""
+    """The wavelet fix takes the low frequencies of the bicubic x4 LR, its overshoot not clamped (official
+    ``process_single_image`` / ``_color_correction``; the benchmark's official baseline then agrees to 2e-6)."""
     lr = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
     fixed, raw = (tiny.sr(lr, steps=1, seed=0, color_fix=kind) for kind in ("wavelet", "none"))
-    reference_up = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic").clamp(0, 1)
+    reference_up = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic")
+    assert reference_up.min() < 0 or reference_up.max() > 1  # random pixels overshoot: the clamp would matter
     torch.testing.assert_close(fixed, wavelet_color_fix(raw, reference_up).clamp(0, 1), atol=1e-6, rtol=0)
     assert tiny.color_fix == "wavelet" and torch.equal(tiny.sr(lr, steps=1, seed=0), fixed)  # the official default
     assert not torch.allclose(fixed, raw, atol=1e-3)

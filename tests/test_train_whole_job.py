@@ -61,6 +61,9 @@ RUNS = {
               ["noise_predictor"], "l1"),
     "invsr": ("invsr", {**INVSR_TINY, "discriminator": {"block_out_channels": [8, 16], "norm_num_groups": 4}}, [],
               ["predictor"], "l2"),
+    # The SD prior itself (the mini zoo's small SD): its VAE (LDM's L1 + KL), then its UNet (eps-MSE).
+    "invsr-vae": ("invsr", {**INVSR_TINY, "stage": "vae"}, [], ["sd.vae.vae"], "l1"),
+    "invsr-unet": ("invsr", {**INVSR_TINY, "stage": "unet"}, [], ["sd.unet"], "mse"),
     "dmsr-estimator": ("dmsr", {**DMSR_TINY, "stage": "estimator", "timestep_target": "l1"}, [], ["estimator"], "timestep"),
     "dmsr-encoder": ("dmsr", {**DMSR_TINY, "discriminator": DMSR_DISC}, [], ["encoder"], "l1"),
     "ccsr-stage1": ("ccsr_stage1", {"backend_config": CCSR_TINY, "ccsr_weights": "init"}, [], ["controlnet"], "diff"),

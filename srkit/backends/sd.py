@@ -11,6 +11,10 @@ embedding is computed once with the text encoder (``transformers.CLIPTextModel``
 memory and in ``SRKIT_HOME/prompt_embeds`` (keyed by the model folder and the prompt); the text
 encoder is freed right after, so it never stays in memory.
 
+Training the prior (what the mini zoo does, since SD itself cannot be downloaded here): :meth:`StableDiffusion.vae_losses`
+is LDM's AutoencoderKL objective, :meth:`StableDiffusion.unet_losses` SD's denoising objective on the VAE's latents,
+conditioned on the fixed prompt.
+
 VAE tiling (``SDVAE.decode_tiled``) uses :func:`srkit.tiling.tiled_network_apply`, not diffusers'
 ``enable_tiling``. A tiled decoder differs from the untiled one in two global operations: the
 mid-block self-attention and every GroupNorm's statistics (per tile instead of per image; about
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError, WeightsNotFoundError, import_optional
@@ -40,10 +45,14 @@ from ..types import Autoencoder
 from ..weights import SYNTHETIC, cache_file, load_weights, resolve, synthetic_tensor
 
 __all__ = [
-    "DIFFUSERS_WEIGHTS", "SDVAE", "StableDiffusion", "build_component", "count_parameters", "encode_prompt",
+    "DIFFUSERS_WEIGHTS", "SDVAE", "UNET_LOSS_WEIGHTS", "VAE_LOSS_WEIGHTS", "StableDiffusion", "build_component",
+    "count_parameters", "encode_prompt",
 ]
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+# LDM's LPIPSWithDiscriminator as SD's KL-f8 VAE was trained (autoencoder_kl_32x32x4.yaml: kl_weight 1e-6, logvar 0).
+VAE_LOSS_WEIGHTS = {"l1": 1.0, "kl": 1.0e-6}
+UNET_LOSS_WEIGHTS = {"mse": 1.0}
 _CLASSES = {"vae": "AutoencoderKL", "unet": "UNet2DConditionModel", "controlnet": "ControlNetModel"}
 
 
@@ -172,6 +181,33 @@ class StableDiffusion(nn.Module):
     @property
     def cross_attention_dim(self) -> int:
         return int(self.unet.config.cross_attention_dim)
+
+    def vae_losses(self, image: Tensor, weights: Mapping[str, float] = VAE_LOSS_WEIGHTS) -> dict[str, Tensor]:
+        """LDM's AutoencoderKL objective on ``image`` (B, 3, H, W) in [-1, 1] with its log-variance fixed at its
+        initial 0 and without LPIPS (VGG16 cannot be downloaded here) and the discriminator (it starts after 50k
+        steps): sum |x - D(z)| + kl_weight KL(q(z | x) || N(0, I)) per image, z a posterior sample; both divided by
+        the pixel values per image, so ``l1`` reads as a mean absolute error (a constant factor: the same optimum)."""
+        posterior = self.vae.vae.encode(image).latent_dist
+        reconstruction = self.vae.vae.decode(posterior.sample()).sample
+        values = image[0].numel()
+        return {"l1": weights["l1"] * F.l1_loss(reconstruction, image),
+                "kl": weights["kl"] * posterior.kl().mean() / values}
+
+    def unet_losses(self, latents: Tensor, sampler: Any, weights: Mapping[str, float] = UNET_LOSS_WEIGHTS,
+                    prompt: str | None = None) -> dict[str, Tensor]:
+        """SD's denoising objective on scaled ``latents`` (B, 4, h, w) (LDM Eq. (15)): t ~ U{0, ..., T-1},
+        x_t = sqrt(abar_t) z + sqrt(1 - abar_t) eps (``sampler.q_sample``, SD's scaled-linear betas), and the MSE of
+        the UNet's output, conditioned on the prompt's embedding (default: the fixed prompt), against its target
+        for ``sampler.prediction_type``: eps, v = sqrt(abar_t) eps - sqrt(1 - abar_t) z, or z."""
+        t = torch.randint(0, sampler.num_train_timesteps, (latents.shape[0],), device=latents.device)
+        noise = torch.randn_like(latents)
+        x_t = sampler.q_sample(latents, t, noise)
+        context = self.prompt_embedding(prompt).expand(latents.shape[0], -1, -1)
+        output = self.unet(x_t, t, encoder_hidden_states=context).sample
+        abar = sampler.alpha_bar(t, latents)
+        target = {"epsilon": noise, "v_prediction": abar.sqrt() * noise - (1 - abar).sqrt() * latents,
+                  "sample": latents}[sampler.prediction_type]
+        return {"mse": weights["mse"] * F.mse_loss(output, target)}
 
     def _cache_path(self, prompt: str) -> Path:
         key = hashlib.sha256(f"{Path(self.root).resolve()}\0{self.max_prompt_length}\0{prompt}".encode()).hexdigest()[:32]

@@ -31,6 +31,14 @@ and Eq. (11) = L2 + 2.0 latent LPIPS + 0.1 hinge GAN (a UNet discriminator) agai
 ``trainer.py``, the discriminator sees the (shifted) start timestep t and the prompt embedding, for the HR latent
 and for x0, and x0 clamped to +-10 (:data:`LATENT_BOUND`). The GAN schedule (start of the generator's GAN term,
 the discriminator's loss weight and LR) is the trainer's (``conf/train/invsr.yaml``, key ``gan``).
+
+Training the prior itself (not in the paper, which takes SD-Turbo as given; the mini zoo trains a small one):
+``stage="vae"`` trains the SD VAE on the HR images with LDM's AutoencoderKL objective
+(:meth:`~srkit.backends.sd.StableDiffusion.vae_losses`: L1 + 1e-6 KL), ``stage="unet"`` the UNet on the frozen
+VAE's latents of the HR images with SD's denoising objective, conditioned on the fixed prompt
+(:meth:`~srkit.backends.sd.StableDiffusion.unet_losses`: eps-MSE over all 1000 steps). SD-Turbo itself was
+distilled from SD 2.1 adversarially (ADD); a prior trained this way is an SD 2.1-style prior of the same
+architecture.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from ... import registry
-from ...backends.sd import StableDiffusion
+from ...backends.sd import UNET_LOSS_WEIGHTS, VAE_LOSS_WEIGHTS, StableDiffusion
 from ...diffusion import Chain, DiffusionMethod, MeanCorrectionHook, NoiseHook, StartState, StepTable, TimestepProvider
 from ...errors import ConfigError, UnsupportedError
 from ...ops.resize import bicubic_upsample
@@ -52,7 +60,8 @@ from ...weights import companion
 from . import DESCRIPTOR
 from .noise_predictor import InvSRNoisePredictor
 
-__all__ = ["LATENT_BOUND", "LOSS_WEIGHTS", "PROMPT", "START_STEPS", "STEP_TABLE", "InvSR", "PredictedStart"]
+__all__ = ["LATENT_BOUND", "LOSS_WEIGHTS", "PROMPT", "STAGE_LOSS_WEIGHTS", "START_STEPS", "STEP_TABLE", "InvSR",
+           "PredictedStart"]
 
 PROMPT = ("Cinematic, high-contrast, photo-realistic, 8k, ultra HD, meticulous detailing, hyper sharpness, "
           "perfect without deformations")  # the official inference prompt
@@ -60,6 +69,8 @@ STEP_TABLE = {1: (200,), 2: (200, 100), 3: (200, 100, 50), 4: (200, 150, 100, 50
 START_STEPS = (250, 200, 150, 100)  # S of Sec. 3.2.3: the start steps the predictor is trained for
 LOSS_WEIGHTS = {"l2": 1.0, "lpips_latent": 2.0, "gan": 0.1}  # Eq. (11)
 LATENT_BOUND = 10.0  # the official trainer clamps x0 to [-10, 10] before the discriminator (_Latent_bound)
+# What each training stage learns, and its loss terms (see the module docstring).
+STAGE_LOSS_WEIGHTS = {"predictor": LOSS_WEIGHTS, "vae": VAE_LOSS_WEIGHTS, "unet": UNET_LOSS_WEIGHTS}
 
 
 class PredictedStart(StartState):
@@ -82,9 +93,10 @@ class InvSR(DiffusionMethod):
     an unspecified ``predictor_weights`` synthetic. ``backend_config`` is merged into
     ``conf/backend/sd_turbo.yaml``, ``predictor_config`` into the noise predictor's arguments (e.g. smaller
     widths for tests). ``color_fix``: none (official default) or wavelet/adain/ycbcr.
-    ``for_training`` builds Eq. (11)'s loss networks: ``latent_lpips_weights`` and ``discriminator``
-    (keyword arguments of :class:`srkit.losses.discriminators.UNetDiscriminator`; conditioned on the prompt
-    embedding by default, ``cross_attention_dim: null`` drops the prompt).
+    ``for_training`` builds the losses of ``stage``: ``"predictor"`` (the default) Eq. (11)'s loss networks,
+    ``latent_lpips_weights`` and ``discriminator`` (keyword arguments of
+    :class:`srkit.losses.discriminators.UNetDiscriminator`; conditioned on the prompt embedding by default,
+    ``cross_attention_dim: null`` drops the prompt); ``"vae"`` or ``"unet"`` the prior's own objectives.
     Hooks (:mod:`srkit.diffusion`): ``timesteps`` (default: the official :data:`STEP_TABLE`; DM-SR's
     ``EstimatedStart`` picks the start step from the LR), ``start_state`` (default :class:`PredictedStart`),
     ``noise`` and ``mean_correction`` (none). ``sr()`` knobs: ``prompt``, the sampler's ``start_t`` (one of
@@ -106,6 +118,7 @@ class InvSR(DiffusionMethod):
         sampler: DDPMSampler | None = None,
         color_fix: str = "none",
         for_training: bool = False,
+        stage: str = "predictor",
         loss_weights: Mapping[str, float] | None = None,
         latent_lpips_weights: str | None = None,
         discriminator: Mapping[str, Any] | None = None,
@@ -119,9 +132,12 @@ class InvSR(DiffusionMethod):
         super().__init__(4, sampler=sampler, timesteps=timesteps if timesteps is not None else StepTable(STEP_TABLE),
                          start_state=start_state if start_state is not None else PredictedStart(), noise=noise,
                          mean_correction=mean_correction, color_fix=color_fix)
-        unknown = sorted(set(loss_weights or {}) - set(LOSS_WEIGHTS))
+        if stage not in STAGE_LOSS_WEIGHTS:
+            raise ConfigError(f"invsr stage must be one of {', '.join(STAGE_LOSS_WEIGHTS)}, got {stage!r}")
+        defaults = STAGE_LOSS_WEIGHTS[stage]
+        unknown = sorted(set(loss_weights or {}) - set(defaults))
         if unknown:
-            raise ConfigError(f"unknown invsr loss weights {unknown}; the terms are {', '.join(LOSS_WEIGHTS)}")
+            raise ConfigError(f"unknown invsr loss weights {unknown} for stage {stage!r}; its terms are {', '.join(defaults)}")
         if sampler.prediction_type != "epsilon":
             raise ConfigError("SD-Turbo predicts noise (Eq. (9)): set sampler.prediction_type=epsilon")
 
@@ -129,10 +145,10 @@ class InvSR(DiffusionMethod):
         self.predictor = InvSRNoisePredictor(**{**dict(predictor_config or {}), "weights": companion(predictor_weights, weights)})
         self.start_steps = tuple(int(t) for t in start_steps)
         self.requires_grad_(False)
-        self.for_training = for_training
-        self.loss_weights = {**LOSS_WEIGHTS, **(loss_weights or {})}
+        self.for_training, self.stage = for_training, stage
+        self.loss_weights = {**defaults, **(loss_weights or {})}
         self.disc: nn.Module | None = None
-        if for_training:
+        if for_training and stage == "predictor":
             self._build_losses(companion(latent_lpips_weights, weights), discriminator)
 
     def _build_losses(self, latent_lpips: str | None, discriminator: Mapping[str, Any] | None) -> None:
@@ -188,7 +204,8 @@ class InvSR(DiffusionMethod):
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         self._check_training()
-        return self.learned_modules()
+        return {"predictor": {"predictor": self.predictor}, "vae": {"vae": self.sd.vae.vae},
+                "unet": {"unet": self.sd.unet}}[self.stage]
 
     def discriminator_modules(self) -> dict[str, nn.Module]:
         self._check_training()
@@ -221,10 +238,17 @@ class InvSR(DiffusionMethod):
 
     def losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Eq. (11) in latent space: L2 + 2.0 latent LPIPS + 0.1 hinge GAN, the GAN term times the schedule's
-        ``batch["gan_factor"]`` (official: 0 for the first 10k iterations, conf/train/invsr.yaml)."""
+        ``batch["gan_factor"]`` (official: 0 for the first 10k iterations, conf/train/invsr.yaml); with ``stage``
+        ``"vae"`` or ``"unet"``, the prior's objective on ``batch["hr"]``."""
         from ...losses.gan import gan_factor, generator_loss
 
         self._check_training()
+        if self.stage == "vae":
+            return self.sd.vae_losses(batch["hr"] * 2 - 1, self.loss_weights)
+        if self.stage == "unet":
+            with torch.no_grad():
+                z_hr = self.sd.vae.encode(batch["hr"] * 2 - 1, sample=True)  # LDM trains on posterior samples
+            return self.sd.unet_losses(z_hr, self.sampler, self.loss_weights)
         with torch.no_grad():
             z_hr = self.sd.vae.encode(batch["hr"] * 2 - 1)
         x0, t = self._predict_hr_latent(batch["lr"])

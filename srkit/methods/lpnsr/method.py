@@ -143,6 +143,10 @@ class LPNSR(ResidualShiftMethod):
     """
 
     descriptor = DESCRIPTOR
+    # inference.py (process_single_image) corrects the colours of the padded output against the bicubic x4 of the
+    # padded LR as it is (overshoot kept), then crops.
+    color_reference_clamped = False
+    color_fix_on_canvas = True
 
     def __init__(
         self,
@@ -206,6 +210,11 @@ class LPNSR(ResidualShiftMethod):
         height, width = lr.shape[-2:]
         out = super()._sr(pad_to_power_of_two(lr), steps=steps, generator=generator, **knobs)
         return out[..., : self.scale * height, : self.scale * width]
+
+    def canvas(self, lr: Tensor) -> Tensor:
+        """To the multiple of 64, then to the next power of two per side (as :meth:`_sr` pads)."""
+        canvas = super().canvas(lr)
+        return pad_to_power_of_two(canvas) if self.power_of_two_padding else canvas
 
     def _check_steps(self, steps: int | None) -> int | None:
         return SRMethod._check_steps(self, steps)  # 1..4 on the T = 4 schedule (Eq. (3)), not ResShift's T only
