@@ -225,7 +225,7 @@ def check_arguments(factory: Callable[..., Any], kwargs: Mapping[str, Any], *, w
 
 
 def load(
-    name: str,
+    name: str | os.PathLike[str],
     weights: str | Path | None = None,
     *,
     device: str | Any | None = None,
@@ -237,7 +237,15 @@ def load(
     ``weights``: ``None`` (the method's default files, found locally), a file or folder path, a
     hub id (read from the local cache when offline), or ``"synthetic"`` (seeded random weights,
     for tests and timing). ``overrides`` are constructor arguments, the keys of ``conf/method/<name>.yaml``.
+    ``name`` may also be a ``srkit train`` run folder (``srkit.load("outputs/train/resshift")``): the method it holds.
     """
+    if name not in METHODS:
+        if weights is None and (Path(name) / PRETRAINED_CONFIG).is_file():
+            return load_pretrained(name, device=device, dtype=dtype, **overrides)
+        if not isinstance(name, str):
+            raise ConfigError(f"srkit.load({str(name)!r}): not a srkit train run folder (no {PRETRAINED_CONFIG} in it) "
+                              f"and not a method name; pass a run folder, or srkit.load('<method>', weights=<path>) "
+                              f"for a method's weights")
     if weights is not None and (Path(weights) / PRETRAINED_CONFIG).is_file():
         return load_pretrained(weights, name=name, device=device, dtype=dtype, **overrides)
     entry = METHODS.get(name)

@@ -90,3 +90,26 @@ def test_stage_and_loss_weight_errors_name_the_choices():
     with pytest.raises(ConfigError, match=r"unknown invsr loss weights \['l2'\] for stage 'vae'; its terms are l1, kl"):
         prior("vae", loss_weights={"l2": 1.0})
     assert prior("vae", loss_weights={"kl": 1e-3}).loss_weights == {"l1": 1.0, "kl": 1e-3}
+
+
+def test_latent_scaling_factor_is_ldm_scale_by_std_and_gives_unit_variance_latents():
+    from srkit.backends.sd import latent_scaling_factor
+
+    model = prior("vae")
+    vae, images = model.sd.vae.vae, list(HR * 2 - 1)
+    factor = latent_scaling_factor(vae, images, seed=5)
+    # From scratch: posterior samples z = mean + std n, n from one seeded generator image by image, pooled.
+    generator, samples = torch.Generator().manual_seed(5), []
+    with torch.no_grad():
+        for image in images:
+            mean, logvar = vae.quant_conv(vae.encoder(image[None])).chunk(2, dim=1)
+            samples.append(mean + (0.5 * logvar.clamp(-30, 20)).exp() * torch.randn(mean.shape, generator=generator))
+    assert factor == pytest.approx(1 / float(torch.cat([z.flatten() for z in samples]).std()), rel=1e-5)
+    assert factor == latent_scaling_factor(vae, images, seed=5)  # seeded
+    scaled = prior("vae", backend_config={**TINY["backend_config"], "vae": {**TINY["backend_config"]["vae"],
+                                                                              "scaling_factor": factor}})
+    scaled.sd.vae.vae.load_state_dict(vae.state_dict())
+    with torch.no_grad():
+        latents = torch.cat([scaled.sd.vae.encode(image[None], sample=True, generator=torch.Generator().manual_seed(5))
+                             for image in images[:1]] + [z * factor for z in samples[1:]])
+    assert float(latents.std()) == pytest.approx(1.0, rel=1e-4)

@@ -140,6 +140,11 @@ def test_resshift_trains_on_a_folder_and_the_run_folder_is_used_by_name(photos, 
     assert after < 0.9 * before, (before, after)
     with pytest.raises(ConfigError, match="trained weights of 'resshift', not 'lpnsr'"):
         srkit.load("lpnsr", weights=run)
+    by_folder = srkit.load(run, ema=False)  # the run folder alone names the method
+    assert type(by_folder) is type(model)
+    assert all(torch.equal(a, b) for a, b in zip(by_folder.unet.state_dict().values(), model.unet.state_dict().values()))
+    with pytest.raises(ConfigError, match=r"srkit.load\('.*photos\d*'\): not a srkit train run folder"):
+        srkit.load(photos)
 
 
 @pytest.mark.slow

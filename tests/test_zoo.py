@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import srkit
 from srkit import zoo
@@ -42,7 +43,7 @@ def run(model, pairs, **knobs) -> list[torch.Tensor]:
 
 def test_every_part_is_shipped_pinned_and_within_the_budget():
     parts = zoo._manifest()
-    assert {name for names in zoo.METHOD_PARTS.values() for name in names} <= set(parts)
+    assert {name for names in (*zoo.METHOD_PARTS.values(), *zoo.PRIORS.values()) for name in names} <= set(parts)
     for part in parts.values():
         assert zoo._checked(part) == part.path  # the sha256 pinned in zoo.yaml
         assert part.recipe
@@ -74,7 +75,7 @@ def test_zoo_refuses_a_schedule_its_denoiser_was_not_trained_for():
     for method in ("resshift", "pg-resshift"):
         with pytest.raises(ConfigError, match="resshift-mini was trained with steps=4, got steps=15; leave steps unset"):
             srkit.load(method, weights="zoo", steps=15)
-    with pytest.raises(ConfigError, match="trained with version=v3, got version='v1'"):
+    with pytest.raises(ConfigError, match="trained with version='v3', got version='v1'"):
         srkit.load("resshift", weights="zoo", version="v1")
     assert not zoo.is_zoo(Path("zoo")) and zoo.is_zoo("zoo:lpnsr")  # a folder named zoo is a folder
 
@@ -107,6 +108,48 @@ def test_publishing_a_run_adds_a_loadable_pinned_part_and_bad_sources_are_one_li
         assert message in str(stop.value) and str(stop.value).startswith("python -m srkit.zoo: error:")
 
 
+def test_sd_prior_parts_record_nested_configs_merge_into_one_backend_and_store_half_precision(tmp_path, monkeypatch):
+    """SD's VAE and UNet are published from their runs as separate parts (modules sd.vae.vae and sd.unet), each with
+    its part of ``backend_config`` (the UNet's with the latent scale and the prompt it was trained in); loaded as the
+    prior they build one backend, their float16 values in the float32 model, the prompt pinned."""
+    from test_invsr import TINY as INVSR_TINY
+
+    copy = tmp_path / "zoo"
+    shutil.copytree(zoo.zoo_dir(), copy, ignore=shutil.ignore_patterns("__pycache__", "logs"))
+    monkeypatch.setattr(zoo, "zoo_dir", lambda: copy)
+    monkeypatch.setitem(zoo.PRIORS, "sd", ("vae-test", "unet-test"))
+    backend = {"vae": {**INVSR_TINY["backend_config"]["vae"], "scaling_factor": 0.5}, "unet": INVSR_TINY["backend_config"]["unet"]}
+    config = dict(predictor_config=INVSR_TINY["predictor_config"], backend_config=backend, prompt="zoo prompt")
+    runs = {}
+    for stage in ("vae", "unet"):
+        model = srkit.load("invsr", weights="synthetic", for_training=True, stage=stage, **config)
+        with torch.no_grad():
+            for parameter in model.trainable_modules()[stage].parameters():
+                parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(0)) * 0.01)
+        model.save_pretrained(runs.setdefault(stage, tmp_path / stage))
+    zoo.main(["add", "vae-test", str(runs["vae"]), "--recipe", "r", "--dtype", "float16"])
+    zoo.main(["add", "unet-test", str(runs["unet"]), "--recipe", "r", "--dtype", "float16", "--pin", "prompt=zoo prompt"])
+    parts = zoo._manifest()
+    assert parts["vae-test"].module == "sd.vae.vae" and parts["vae-test"].config == {"backend_config": {"vae": backend["vae"]}}
+    assert parts["unet-test"].config == {"backend_config": {"unet": backend["unet"], "vae": {"scaling_factor": 0.5}},
+                                         "prompt": "zoo prompt"}
+    assert zoo.part_config(zoo.parts("zoo:sd", "invsr"))["backend_config"] == backend
+    half = (runs["unet"] / "sd.unet.safetensors").stat().st_size / (copy / "unet-test.safetensors").stat().st_size
+    assert 1.9 < half < 2.01
+    loaded = srkit.load("invsr", weights="zoo:sd", predictor_config=INVSR_TINY["predictor_config"])
+    assert loaded.sd.prompt == "zoo prompt" and loaded.sd.vae.scaling_factor == 0.5
+    for stage, module in (("vae", loaded.sd.vae.vae), ("unet", loaded.sd.unet)):
+        trained = srkit.load("invsr", weights=runs[stage])  # the run folder, float32
+        source = trained.sd.vae.vae if stage == "vae" else trained.sd.unet
+        for (key, value), (_, expected) in zip(module.state_dict().items(), source.state_dict().items()):
+            assert value.dtype == torch.float32, key
+            torch.testing.assert_close(value, expected.half().float(), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="trained with prompt='zoo prompt', got prompt='other'"):
+        srkit.load("invsr", weights="zoo:sd", predictor_config=INVSR_TINY["predictor_config"], prompt="other")
+    with pytest.raises(SystemExit, match="not a floating-point torch dtype"):
+        zoo.main(["add", "x", str(runs["vae"]), "--recipe", "r", "--dtype", "int8"])
+
+
 def test_autoencoder_reconstructs_held_out_photos_far_better_than_its_untrained_state(eval_pairs):
     trained = srkit.load("resshift", weights="zoo")
     untrained = srkit.load("resshift", weights="synthetic", **zoo.part_config(zoo.parts("zoo", "resshift")))
@@ -119,6 +162,69 @@ def test_autoencoder_reconstructs_held_out_photos_far_better_than_its_untrained_
                 for p in eval_pairs]).mean())
 
     assert reconstruction(trained) > reconstruction(untrained) + 10
+
+
+SD_PREDICTOR = {"block_out_channels": [8, 16], "layers_per_block": [1, 1], "norm_num_groups": 4,
+                "attention_head_dim": 4, "temb_channels": 16}  # InvSR's predictor is not in the prior: small, unused
+
+
+def sd_prior(weights: str = "zoo:sd"):
+    """InvSR on the zoo's SD prior (or on another spec with the prior's networks: an untrained part)."""
+    build = {} if weights == "zoo:sd" else zoo.part_config(zoo.parts("zoo:sd", "invsr"))
+    return srkit.load("invsr", weights=weights, predictor_config=SD_PREDICTOR, **build)
+
+
+def test_sd_vae_reconstructs_held_out_photos_far_better_than_its_untrained_state(eval_pairs):
+    psnr = get_metric("psnr", crop_border=4)
+
+    def reconstruction(vae) -> float:
+        with torch.no_grad():
+            return float(torch.cat([psnr((vae.decode(vae.encode(p.hr[None] * 2 - 1)).clamp(-1, 1) + 1) / 2, p.hr[None])
+                                    for p in eval_pairs]).mean())
+
+    trained, untrained = reconstruction(sd_prior().sd.vae), reconstruction(sd_prior("synthetic").sd.vae)
+    assert trained > 20 and trained > untrained + 10, (trained, untrained)
+
+
+def test_sd_vae_scaling_factor_is_the_one_measured_on_the_shipped_vae():
+    """LDM's scale_by_std on the shipped (float16-stored) VAE gives the recorded factor to float16's precision."""
+    from srkit.backends.sd import latent_scaling_factor
+    from srkit.data.mini import mini_train_folder
+    from srkit.io import list_images, read_image
+
+    model = sd_prior()
+    photos = [read_image(path) * 2 - 1 for path in list_images(mini_train_folder())]
+    assert model.sd.vae.scaling_factor == pytest.approx(latent_scaling_factor(model.sd.vae.vae, photos), rel=2e-3)
+
+
+def test_sd_unet_denoises_held_out_latents_far_better_than_its_untrained_state(eval_pairs):
+    """SD's objective on held-out photos' latents: the eps-MSE at t = 100 ... 900 (seeded noise) of the zoo's UNet
+    is well under that of a random UNet on the same VAE, and under 1, what predicting eps = 0 scores."""
+    trained, untrained = sd_prior(), sd_prior("zoo:sd-vae-mini")
+    sampler = trained.sampler
+
+    def eps_mse(model, t: int) -> float:
+        generator, total = torch.Generator().manual_seed(t), 0.0
+        with torch.no_grad():
+            for pair in eval_pairs:
+                z = trained.sd.vae.encode(pair.hr[None] * 2 - 1)
+                noise = torch.randn(z.shape, generator=generator)
+                eps = model.sd.unet(sampler.q_sample(z, t, noise), t, encoder_hidden_states=model.sd.prompt_embedding()).sample
+                total += float(F.mse_loss(eps, noise)) / len(eval_pairs)
+        return total
+
+    for t in (100, 300, 600, 900):
+        ours, random_unet = eps_mse(trained, t), eps_mse(untrained, t)
+        assert ours < 1 and ours < 0.5 * random_unet, (t, ours, random_unet)
+
+
+def test_invsr_zoo_start_noise_predictor_beats_its_untrained_state(eval_pairs):
+    """InvSR by name on the zoo (invsr-mini's f_w on the frozen zoo:sd prior; 1 step from t = 250, the default):
+    the trained start-noise predictor (Eq. 11's latent L2) against the same prior with f_w at its random init."""
+    trained = srkit.load("invsr", weights="zoo")
+    untrained = srkit.load("invsr", weights="zoo:sd", **zoo.part_config(zoo.parts("zoo", "invsr")))
+    psnr = [mean_metric("psnr", run(model, eval_pairs, seed=0), eval_pairs) for model in (trained, untrained)]
+    assert psnr[0] > psnr[1] + 3, psnr  # measured: 22.54 against 17.24 dB (bicubic 23.50)
 
 
 def test_resshift_zoo_denoiser_is_far_better_than_its_untrained_state(eval_pairs):
@@ -212,7 +318,7 @@ def test_pg_gradient_readings_on_the_zoo_chain_differ_as_measured(eval_pairs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("part", ["vq-f4-mini", "resshift-mini", "lpnsr-mini"])
+@pytest.mark.parametrize("part", ["vq-f4-mini", "resshift-mini", "lpnsr-mini", "sd-vae-mini", "sd-unet-mini", "invsr-mini"])
 def test_rerunning_a_recipe_retraces_its_committed_log(part, tmp_path):
     """A zoo recipe is seeded end to end: its first 20 steps, rerun (``until=20``: the LR schedule of the whole run),
     give the committed log's losses. (The full runs take 20-40 min each; retracing the start is what CI affords.)"""

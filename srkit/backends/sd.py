@@ -13,7 +13,7 @@ encoder is freed right after, so it never stays in memory.
 
 Training the prior (what the mini zoo does, since SD itself cannot be downloaded here): :meth:`StableDiffusion.vae_losses`
 is LDM's AutoencoderKL objective, :meth:`StableDiffusion.unet_losses` SD's denoising objective on the VAE's latents,
-conditioned on the fixed prompt.
+conditioned on the fixed prompt; :func:`latent_scaling_factor` sets a trained VAE's latent scale as LDM does.
 
 VAE tiling (``SDVAE.decode_tiled``) uses :func:`srkit.tiling.tiled_network_apply`, not diffusers'
 ``enable_tiling``. A tiled decoder differs from the untiled one in two global operations: the
@@ -46,7 +46,7 @@ from ..weights import SYNTHETIC, cache_file, load_weights, resolve, synthetic_te
 
 __all__ = [
     "DIFFUSERS_WEIGHTS", "SDVAE", "UNET_LOSS_WEIGHTS", "VAE_LOSS_WEIGHTS", "StableDiffusion", "build_component",
-    "count_parameters", "encode_prompt",
+    "count_parameters", "encode_prompt", "latent_scaling_factor",
 ]
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -240,6 +240,16 @@ class StableDiffusion(nn.Module):
         save_file({"prompt_embedding": embedding.contiguous()}, str(temp), metadata={"model": str(self.root), "prompt": prompt})
         os.replace(temp, path)
         return embedding
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae: nn.Module, images: list[Tensor], *, seed: int = 0) -> float:
+    """LDM's ``scale_by_std``, how SD's 0.18215 was set: 1 / the standard deviation of an ``AutoencoderKL``'s
+    posterior samples of ``images`` (each (3, H, W) in [-1, 1], pooled), the factor that gives the diffusion model
+    unit-variance latents. Seeded: the same images give the same factor."""
+    generator = torch.Generator().manual_seed(seed)
+    samples = [vae.encode(image[None]).latent_dist.sample(generator).flatten() for image in images]
+    return float(1 / torch.cat(samples).std())
 
 
 def encode_prompt(root: Path, prompt: str, *, max_length: int, cache: Path) -> Tensor:

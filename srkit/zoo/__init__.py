@@ -1,19 +1,22 @@
 """srkit-zoo: small models of the official architectures, trained here on srkit-mini-train, shipped in the package.
 
-No official diffusion checkpoint can be downloaded here, so the zoo lets every residual-shift method run on weights
-that mean something: ``srkit.load("resshift", weights="zoo")``. They are *small models trained on a few photos*
-(``conf/train/zoo-*.yaml``; 64-pixel crops of the eight srkit-mini-train photographs, minutes of CPU), for seeing
-a method work, for tests and for the mini benchmarks, not a substitute for the official weights.
+No official diffusion checkpoint can be downloaded here, so the zoo lets the diffusion methods run on weights that
+mean something: ``srkit.load("resshift", weights="zoo")``. They are *small models trained on a few photos*
+(``conf/train/zoo-*.yaml``; crops of the eight srkit-mini-train photographs, minutes of CPU), for seeing a method
+work, for tests and for the mini benchmarks, not a substitute for the official weights.
 
-A zoo **part** is one trained file: a module's weights (safetensors, loaded strictly into ``model.<module>``) or a
-data file a constructor argument names (PG-ResShift's scale file). Each part records the recipe that trained it,
-its sha256 (checked at every load), the config values that rebuild its network (e.g. ``unet_config``) and the
-constructor values it only works with (``pinned``, e.g. a denoiser's ``steps``: a load asking for others is refused,
-not run on a schedule the network never saw); the parts are listed in ``zoo.yaml`` beside this file, which
-:func:`publish` writes. A **method** of the zoo is the parts it is built from (:data:`METHOD_PARTS`).
+A zoo **part** is one trained file: a module's weights (safetensors, loaded strictly into ``model.<module>``, a
+dotted path such as ``sd.unet``) or a data file a constructor argument names (PG-ResShift's scale file). Each part
+records the recipe that trained it, its sha256 (checked at every load), the config values that rebuild its network
+(e.g. ``unet_config``, or its part of a nested ``backend_config``: SD's VAE and UNet are separate parts) and the
+constructor values it only works with (``pinned``, e.g. a denoiser's ``steps``, the SD UNet's prompt: a load asking
+for others is refused, not run on a schedule or a condition the network never saw); the parts are listed in
+``zoo.yaml`` beside this file, which :func:`publish` writes (the SD parts stored in float16, for the size budget).
+A **method** of the zoo is the parts it is built from (:data:`METHOD_PARTS`); a **prior** the frozen parts that
+methods are trained on (:data:`PRIORS`: ``"sd"``, the SD VAE and UNet that InvSR, DM-SR and CCSR build on).
 
-``weights`` specs: ``"zoo"`` (the parts of the method being loaded), ``"zoo:<method>"`` (another method's parts,
-e.g. LPNSR's recipe trains its predictor on ``zoo:resshift``) or ``"zoo:<part>"`` (one part, e.g. ResShift's
+``weights`` specs: ``"zoo"`` (the parts of the method being loaded), ``"zoo:<method or prior>"`` (another entry's
+parts, e.g. LPNSR's recipe trains its predictor on ``zoo:resshift``) or ``"zoo:<part>"`` (one part, e.g. ResShift's
 recipe trains its denoiser on ``zoo:vq-f4-mini``). Whatever the zoo does not hold stays at its seeded random
 init (srkit-synthetic-v1), which is what a recipe trains.
 """
@@ -29,7 +32,8 @@ from typing import Any
 
 from ..errors import ConfigError, SrkitError, WeightsNotFoundError
 
-__all__ = ["METHOD_PARTS", "ZOO", "Part", "check_pinned", "is_zoo", "load_parts", "part_config", "parts", "publish", "zoo_dir"]
+__all__ = ["METHOD_PARTS", "PRIORS", "ZOO", "Part", "check_pinned", "is_zoo", "load_parts", "part_config", "parts",
+           "publish", "vae_scaling_factor", "zoo_dir"]
 
 ZOO = "zoo"
 MANIFEST = "zoo.yaml"
@@ -38,9 +42,18 @@ METHOD_PARTS: dict[str, tuple[str, ...]] = {
     "resshift": ("vq-f4-mini", "resshift-mini"),
     "pg-resshift": ("vq-f4-mini", "resshift-mini", "pg-resshift-mini-scales", "pg-resshift-mini-reference-scales"),
     "lpnsr": ("vq-f4-mini", "resshift-mini", "lpnsr-mini"),
+    "invsr": ("sd-vae-mini", "sd-unet-mini", "invsr-mini"),
 }
-# The constructor argument that configures each trained module's network.
-MODULE_CONFIG_KEYS = {"autoencoder": "autoencoder_config", "unet": "unet_config", "noise_predictor": "predictor_config"}
+# The frozen priors the zoo's methods are trained on, by name (``weights="zoo:sd"``): parts, not a method.
+PRIORS: dict[str, tuple[str, ...]] = {"sd": ("sd-vae-mini", "sd-unet-mini")}
+# The constructor values (dotted keys into the method's config) that define what each trained module computes:
+# its network's config and, for SD's UNet, the latent space and the prompt it was trained in.
+MODULE_CONFIG_KEYS: dict[str, tuple[str, ...]] = {
+    "autoencoder": ("autoencoder_config",), "unet": ("unet_config",), "noise_predictor": ("predictor_config",),
+    "predictor": ("predictor_config",),
+    "sd.vae.vae": ("backend_config.vae",),
+    "sd.unet": ("backend_config.unet", "backend_config.vae.scaling_factor", "prompt"),
+}
 
 
 @dataclass(frozen=True)
@@ -84,9 +97,9 @@ def parts(spec: str, method: str) -> list[Part]:
     """The parts the weights ``spec`` (``"zoo"``, ``"zoo:<method>"`` or ``"zoo:<part>"``) names for ``method``."""
     known = _manifest()
     target = method if str(spec) == ZOO else str(spec).split(":", 1)[1]
-    names = METHOD_PARTS.get(target, (target,) if target in known else None)
+    names = METHOD_PARTS.get(target) or PRIORS.get(target) or ((target,) if target in known else None)
     if names is None:
-        choices = sorted({*METHOD_PARTS, *known})
+        choices = sorted({*METHOD_PARTS, *PRIORS, *known})
         raise ConfigError(f"weights={spec!r}: the zoo has no {target!r}; it has {', '.join(choices)} "
                           f"(weights='zoo' loads the parts of {method!r} when it has them)")
     missing = [name for name in names if name not in known]
@@ -100,12 +113,31 @@ def parts(spec: str, method: str) -> list[Part]:
 
 
 def part_config(found: list[Part]) -> dict[str, Any]:
-    """The constructor values of ``found`` (a data part's file name becomes its path in the package)."""
+    """The constructor values of ``found``, nested configs merged (SD's VAE and UNet parts each set part of
+    ``backend_config``); a data part's file name becomes its path in the package."""
     config: dict[str, Any] = {}
     for part in found:
         for key, value in (part.config or {}).items():
-            config[key] = str(part.path) if part.module is None else value
+            config[key] = str(part.path) if part.module is None else _merged(config.get(key), value)
     return config
+
+
+def _merged(base: Any, update: Any) -> Any:
+    if isinstance(base, Mapping) and isinstance(update, Mapping):
+        return {**base, **{key: _merged(base.get(key), value) for key, value in update.items()}}
+    return update
+
+
+def _nested(config: Mapping[str, Any], dotted: str) -> dict[str, Any]:
+    """``{"a": {"b": config["a"]["b"]}}`` for ``"a.b"``; empty where ``config`` has no such value."""
+    head, _, rest = dotted.partition(".")
+    value = config.get(head) if isinstance(config, Mapping) else None
+    if value is None:
+        return {}
+    if not rest:
+        return {head: value}
+    inner = _nested(value, rest)
+    return {head: inner} if inner else {}
 
 
 def check_pinned(found: list[Part], config: Mapping[str, Any]) -> None:
@@ -114,8 +146,8 @@ def check_pinned(found: list[Part], config: Mapping[str, Any]) -> None:
     for part in found:
         for key, value in (part.pinned or {}).items():
             if config.get(key) not in (None, value):
-                raise ConfigError(f"zoo part {part.name} was trained with {key}={value}, got {key}={config[key]!r}; "
-                                  f"leave {key} unset (or {key}={value}) with the zoo's weights")
+                raise ConfigError(f"zoo part {part.name} was trained with {key}={value!r}, got {key}={config[key]!r}; "
+                                  f"leave {key} unset (or {key}={value!r}) with the zoo's weights")
 
 
 def _sha256(path: Path) -> str:
@@ -154,13 +186,15 @@ def load_parts(model: Any, found: list[Part]) -> None:
 
 
 def publish(part: str, source: str | os.PathLike[str], *, recipe: str, module: str | None = None, key: str | None = None,
-            ema: bool = True, pinned: Mapping[str, Any] | None = None) -> Part:
+            ema: bool = True, pinned: Mapping[str, Any] | None = None, dtype: str | None = None) -> Part:
     """Add a training run's module (its EMA copy when there is one) to the zoo as ``part``: the file, its sha256, its
     network config and recipe into ``zoo.yaml``; the run's ``log.jsonl`` and ``loss.png`` into ``logs/<part>/``.
     ``ema=False`` takes the live weights instead (when the EMA still averages in much of a short run's start).
     A file (e.g. a scale file from ``srkit calibrate``) is added as a data part, ``key`` naming the constructor
     argument that takes it. ``recipe``: ``conf/train/<recipe>.yaml`` or the command that made the file; ``pinned``:
-    the constructor values the part needs (see :class:`Part`). Every file is written atomically, the manifest last."""
+    the constructor values the part needs (see :class:`Part`). ``dtype="float16"`` stores a module's weights in half
+    precision (half the bytes; they load into the float32 model as those values). Every file is written atomically,
+    the manifest last."""
     from omegaconf import OmegaConf
 
     from ..io import copy_file_atomic, write_text_atomic
@@ -186,10 +220,11 @@ def publish(part: str, source: str | os.PathLike[str], *, recipe: str, module: s
             raise ConfigError(f"{source} holds no zoo module {module!r}; it holds {', '.join(sorted(modules))} and the zoo "
                               f"takes {', '.join(MODULE_CONFIG_KEYS)}")
         target = folder / f"{part}.safetensors"
-        copy_file_atomic(source / modules[module], target)
-        config_key = MODULE_CONFIG_KEYS[module]
-        entry = Part(part, target.name, _sha256(target), recipe, module, {config_key: record["config"].get(config_key)},
-                     dict(pinned or {}) or None)
+        _store(source / modules[module], target, dtype)
+        config: dict[str, Any] = {}
+        for dotted in MODULE_CONFIG_KEYS[module]:
+            config = _merged(config, _nested(record["config"], dotted))
+        entry = Part(part, target.name, _sha256(target), recipe, module, config, dict(pinned or {}) or None)
         logs = folder / "logs" / part
         logs.mkdir(parents=True, exist_ok=True)
         for name in ("log.jsonl", "loss.png", "validation.png"):
@@ -210,6 +245,45 @@ def publish(part: str, source: str | os.PathLike[str], *, recipe: str, module: s
     return entry
 
 
+def vae_scaling_factor(source: str | os.PathLike[str], *, ema: bool = True) -> float:
+    """The latent scaling factor (:func:`srkit.backends.sd.latent_scaling_factor`) of the SD VAE trained in the run
+    folder ``source`` (its EMA copy, or the live weights with ``ema=False``: the copy that is published), on the
+    srkit-mini-train photos it was trained on: the value a recipe on that VAE sets as
+    ``backend_config.vae.scaling_factor`` (conf/train/zoo-sd-base.yaml)."""
+    from ..backends.sd import latent_scaling_factor
+    from ..data.mini import mini_train_folder
+    from ..io import list_images, read_image
+    from ..registry import PRETRAINED_CONFIG, load_pretrained
+
+    if not (Path(source) / PRETRAINED_CONFIG).is_file():
+        raise ConfigError(f"{source} is not a srkit train run folder (no {PRETRAINED_CONFIG} in it); pass the VAE run's folder")
+    model = load_pretrained(source, ema=ema)
+    if not hasattr(model, "sd"):
+        raise ConfigError(f"{source} holds a {model.descriptor.name} model, which has no SD VAE; pass an SD method's run")
+    photos = [read_image(path) * 2 - 1 for path in list_images(mini_train_folder())]
+    return latent_scaling_factor(model.sd.vae.vae, photos)
+
+
+def _store(source: Path, target: Path, dtype: str | None) -> None:
+    """Copy a safetensors file, its floating-point tensors cast to ``dtype`` when one is given."""
+    from ..io import atomic_file, copy_file_atomic
+
+    if dtype is None:
+        copy_file_atomic(source, target)
+        return
+    import torch
+    from safetensors.torch import load_file, save
+
+    to = getattr(torch, dtype, None)
+    if not isinstance(to, torch.dtype) or not to.is_floating_point:
+        raise ConfigError(f"--dtype {dtype!r} is not a floating-point torch dtype; use float16 or bfloat16")
+    state = {key: value.to(to) if value.is_floating_point() else value for key, value in load_file(str(source)).items()}
+    if not all(value.isfinite().all() for value in state.values() if value.is_floating_point()):
+        raise ConfigError(f"{source} has values outside the range of {dtype}; publish it without --dtype")
+    with atomic_file(target) as file:
+        file.write(save(state))
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
@@ -221,14 +295,24 @@ def main(argv: list[str] | None = None) -> None:
     add.add_argument("--module", help="the run's module to add (default: its only one)")
     add.add_argument("--key", help="a data file's constructor argument (e.g. scales)")
     add.add_argument("--live", action="store_true", help="the live weights, not the run's EMA copy")
+    add.add_argument("--dtype", help="store a module's weights in this dtype (float16: half the bytes)")
     add.add_argument("--recipe", required=True, help="how it was made: conf/train/<recipe>.yaml, or the command")
     add.add_argument("--pin", action="append", default=[], metavar="KEY=VALUE",
                      help="a constructor value the part needs, e.g. steps=4 for a 4-step denoiser (repeatable)")
+    scale = commands.add_parser("scaling-factor", help="a trained SD VAE's latent scaling factor on srkit-mini-train")
+    scale.add_argument("source", help="a srkit train run folder of an SD method's VAE (e.g. train=zoo-sd-vae)")
+    scale.add_argument("--live", action="store_true", help="the live weights, not the run's EMA copy")
     args = parser.parse_args(argv)
+    if args.command == "scaling-factor":
+        try:
+            print(f"{vae_scaling_factor(args.source, ema=not args.live):.6g}")
+        except SrkitError as err:
+            raise SystemExit(f"python -m srkit.zoo: error: {err}") from None
+        return
     try:
         pinned = dict(_pin(text) for text in args.pin)
         entry = publish(args.part, args.source, recipe=args.recipe, module=args.module, key=args.key,
-                        ema=not args.live, pinned=pinned)
+                        ema=not args.live, pinned=pinned, dtype=args.dtype)
     except SrkitError as err:
         raise SystemExit(f"python -m srkit.zoo: error: {err}") from None
     print(json.dumps({k: v for k, v in entry.__dict__.items() if k != "config"}))
