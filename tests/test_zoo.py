@@ -188,13 +188,8 @@ def test_sd_vae_reconstructs_held_out_photos_far_better_than_its_untrained_state
 
 def test_sd_vae_scaling_factor_is_the_one_measured_on_the_shipped_vae():
     """LDM's scale_by_std on the shipped (float16-stored) VAE gives the recorded factor to float16's precision."""
-    from srkit.backends.sd import latent_scaling_factor
-    from srkit.data.mini import mini_train_folder
-    from srkit.io import list_images, read_image
-
     model = sd_prior()
-    photos = [read_image(path) * 2 - 1 for path in list_images(mini_train_folder())]
-    assert model.sd.vae.scaling_factor == pytest.approx(latent_scaling_factor(model.sd.vae.vae, photos), rel=2e-3)
+    assert model.sd.vae.scaling_factor == pytest.approx(zoo.mini_train_scaling_factor(model.sd.vae.vae), rel=2e-3)
 
 
 def test_sd_unet_denoises_held_out_latents_far_better_than_its_untrained_state(eval_pairs):

@@ -32,8 +32,8 @@ from typing import Any
 
 from ..errors import ConfigError, SrkitError, WeightsNotFoundError
 
-__all__ = ["METHOD_PARTS", "PRIORS", "ZOO", "Part", "check_pinned", "is_zoo", "load_parts", "part_config", "parts",
-           "publish", "vae_scaling_factor", "zoo_dir"]
+__all__ = ["METHOD_PARTS", "PRIORS", "ZOO", "Part", "check_pinned", "is_zoo", "load_parts", "mini_train_scaling_factor",
+           "part_config", "parts", "publish", "vae_scaling_factor", "zoo_dir"]
 
 ZOO = "zoo"
 MANIFEST = "zoo.yaml"
@@ -246,13 +246,9 @@ def publish(part: str, source: str | os.PathLike[str], *, recipe: str, module: s
 
 
 def vae_scaling_factor(source: str | os.PathLike[str], *, ema: bool = True) -> float:
-    """The latent scaling factor (:func:`srkit.backends.sd.latent_scaling_factor`) of the SD VAE trained in the run
-    folder ``source`` (its EMA copy, or the live weights with ``ema=False``: the copy that is published), on the
-    srkit-mini-train photos it was trained on: the value a recipe on that VAE sets as
-    ``backend_config.vae.scaling_factor`` (conf/train/zoo-sd-base.yaml)."""
-    from ..backends.sd import latent_scaling_factor
-    from ..data.mini import mini_train_folder
-    from ..io import list_images, read_image
+    """The latent scaling factor (:func:`mini_train_scaling_factor`) of the SD VAE trained in the run folder
+    ``source`` (its EMA copy, or the live weights with ``ema=False``: the copy that is published): the value a recipe
+    on that VAE sets as ``backend_config.vae.scaling_factor`` (conf/train/zoo-sd-base.yaml)."""
     from ..registry import PRETRAINED_CONFIG, load_pretrained
 
     if not (Path(source) / PRETRAINED_CONFIG).is_file():
@@ -260,8 +256,17 @@ def vae_scaling_factor(source: str | os.PathLike[str], *, ema: bool = True) -> f
     model = load_pretrained(source, ema=ema)
     if not hasattr(model, "sd"):
         raise ConfigError(f"{source} holds a {model.descriptor.name} model, which has no SD VAE; pass an SD method's run")
-    photos = [read_image(path) * 2 - 1 for path in list_images(mini_train_folder())]
-    return latent_scaling_factor(model.sd.vae.vae, photos)
+    return mini_train_scaling_factor(model.sd.vae.vae)
+
+
+def mini_train_scaling_factor(vae: Any) -> float:
+    """:func:`srkit.backends.sd.latent_scaling_factor` of an ``AutoencoderKL`` on the srkit-mini-train photos, the
+    zoo's training set."""
+    from ..backends.sd import latent_scaling_factor
+    from ..data.mini import mini_train_folder
+    from ..io import list_images, read_image
+
+    return latent_scaling_factor(vae, [read_image(path) * 2 - 1 for path in list_images(mini_train_folder())])
 
 
 def _store(source: Path, target: Path, dtype: str | None) -> None:
