@@ -193,6 +193,184 @@ def claim_pg(pairs: Sequence[Any], score: Scorer, device: str) -> dict[str, Any]
                    f"guidance on the left half, PSNR {hr_summary} (raises PSNR where it guides: {hr_raises})"}
 
 
+# InvSR Table 1's rows: the visited timesteps (paper numbering) of 1, 3 and 5 steps.
+INVSR_SCHEDULES = ((250,), (200,), (150,), (100,), (250, 150, 50), (200, 100, 50), (150, 100, 50), (250, 200, 150, 100, 50))
+
+
+def claim_invsr(pairs: Sequence[Any], score: Scorer, device: str) -> dict[str, Any]:
+    """InvSR Table 1's directions on the metrics that run here: at one step, PSNR and HaarPSI (for LPIPS) rise and NIQE
+    falls as the start timestep drops 250 -> 100; from t = 250, PSNR and HaarPSI fall and NIQE rises with the step
+    count 1 -> 3 -> 5."""
+    from srkit import load
+
+    score.require("psnr", "haarpsi", "niqe")
+
+    model = load("invsr", weights="zoo", device=device)
+    rows = {f"{len(ts)} step{'s' * (len(ts) > 1)} {list(ts)}": over_seeds(model, pairs, score, timesteps=list(ts))
+            for ts in INVSR_SCHEDULES}
+    by_start = [rows[f"1 step [{t}]"] for t in (250, 200, 150, 100)]
+    by_steps = [rows[label] for label in ("1 step [250]", "3 steps [250, 150, 50]", "5 steps [250, 200, 150, 100, 50]")]
+    checks = {}
+    for metric, better_up in (("psnr", True), ("haarpsi", True), ("niqe", False)):
+        checks[f"1 step: {metric} {'rises' if better_up else 'falls'} as t drops 250 -> 100"] = monotone(
+            [row[metric] for row in by_start], increasing=better_up)
+        checks[f"from 250: {metric} {'falls' if better_up else 'rises'} with steps 1 -> 3 -> 5"] = monotone(
+            [row[metric] for row in by_steps], increasing=not better_up)
+    series: dict[str, list[tuple[float, dict[str, float | None]]]] = {}
+    for ts in INVSR_SCHEDULES:
+        label = f"{len(ts)} step{'s' * (len(ts) > 1)}"
+        series.setdefault(label, []).append((ts[0], rows[f"{label} {list(ts)}"]))
+    held = [name for name, ok in checks.items() if ok]
+    return {"rows": rows, "checks": checks, "sweep": series, "reproduced": all(checks.values()),
+            "why": "; ".join(f"{name}: {ok}" for name, ok in checks.items())
+                   + f" ({len(held)} of {len(checks)} directions as Table 1)",
+            "note": "Table 1 (ImageNet-Test): one step, start 250/200/150/100: PSNR 23.84/24.14/24.42/24.66, LPIPS "
+                    "0.2575/0.2517/0.2469/0.2450, NIQE 4.53/4.38/4.22/4.06; from 250 with 1/3/5 steps: PSNR "
+                    "23.84/22.92/22.70, LPIPS 0.2575/0.2762/0.2844, NIQE 4.53/4.80/4.88. HaarPSI stands for LPIPS "
+                    "(higher is better). Table 1's realism side (CLIPIQA, MUSIQ rise with the start timestep) needs "
+                    "learned metrics that cannot be downloaded here; sharpness is reported, not decided on. The "
+                    "predictor (invsr-mini) was trained with the latent L2 alone (conf/train/zoo-invsr.yaml)."}
+
+
+SEVERITIES = (0.0, 0.25, 0.5, 0.75, 1.0)
+# DM-SR Table 3's fixed timesteps, and the grid between them.
+DMSR_FIXED_T = (50, 100, 150, 200, 250, 300, 350, 400, 450)
+# Real-ESRGAN's ranges that set how strong a draw is: severity s puts each at low + s (high - low) (JPEG quality from
+# high to low); the random choices (kernel kind, resize, noise kind, second order) stay those of the image's seed.
+SEVERITY_RANGES = ("blur_sigma", "blur_sigma2", "noise_range", "noise_range2", "poisson_scale_range",
+                   "poisson_scale_range2")
+
+
+def severity_pairs(pairs: Sequence[Any], severity: float) -> list[Any]:
+    """srkit-mini's HR crops degraded by the Real-ESRGAN pipeline with its strength ranges collapsed to ``severity`` in
+    [0, 1] (:data:`SEVERITY_RANGES`), each image drawn from its srkit-mini seed, so the levels differ in strength only."""
+    import zlib
+
+    from srkit.data.degraded import item_generator
+    from srkit.data.mini import MINI_SEED, Pair
+    from srkit.degradations.realesrgan import RealESRGANDegradation
+
+    default = RealESRGANDegradation()
+
+    def collapsed(name: str, weakest_first: bool = True) -> tuple[float, float]:
+        low, high = getattr(default, name)
+        value = low + severity * (high - low) if weakest_first else high - severity * (high - low)
+        return value, value
+
+    degrade = RealESRGANDegradation(**{name: collapsed(name) for name in SEVERITY_RANGES},
+                                    jpeg_range=collapsed("jpeg_range", False), jpeg_range2=collapsed("jpeg_range2", False))
+    out = []
+    for pair in pairs:
+        lr = degrade(pair.hr[None], item_generator(MINI_SEED, zlib.crc32(pair.name.encode())))[0]
+        out.append(Pair(pair.name, pair.hr, (lr.clamp(0, 1) * 255).round() / 255))  # 8-bit, as srkit-mini's PNGs
+    return out
+
+
+def claim_dmsr(pairs: Sequence[Any], score: Scorer, device: str) -> dict[str, Any]:
+    """DM-SR: t̂ rises with severity (Spearman of the level and the mean t̂), and the estimated t̂ beats every single
+    fixed t on HaarPSI over all severity levels pooled (Table 5 and App. A: adaptive vs fixed timesteps)."""
+    from scipy.stats import spearmanr
+
+    from srkit import load
+
+    score.require("haarpsi")
+
+    model = load("dmsr", weights="zoo", device=device)
+    levels = {severity: severity_pairs(pairs, severity) for severity in SEVERITIES}
+    pooled = [pair for level in levels.values() for pair in level]
+    rows: dict[str, Any] = {}
+    t_hat: dict[float, list[float]] = {}
+    severity_series, outputs = [], []
+    with torch.no_grad():
+        for severity, level in levels.items():
+            i_lr = [model.upsample(pair.lr[None].to(device)) for pair in level]
+            t_hat[severity] = [float(model.estimate(x)) for x in i_lr]
+            target = [float(model.timestep_target_of(x, pair.hr[None].to(device))) for x, pair in zip(i_lr, level)]
+            level_outputs = [model.sr(pair.lr[None]) for pair in level]
+            outputs += level_outputs
+            row = {"mean t_hat": statistics.fmean(t_hat[severity]), "mean target": statistics.fmean(target),
+                   **score(level_outputs, level)}
+            rows[f"severity {severity:g}: estimated t_hat"] = row
+            severity_series.append((severity, row))
+    means = [statistics.fmean(t_hat[s]) for s in SEVERITIES]
+    rho = float(spearmanr(SEVERITIES, means).statistic)
+    per_image = [float(spearmanr(SEVERITIES, [t_hat[s][i] for s in SEVERITIES]).statistic) for i in range(len(pairs))]
+    adaptive = score(outputs, pooled)
+    rows["all levels: estimated t_hat"] = adaptive
+    fixed_series = []
+    for t in DMSR_FIXED_T:
+        rows[f"all levels: fixed t = {t}"] = score([model.sr(pair.lr[None], start_t=t) for pair in pooled], pooled)
+        fixed_series.append((t, rows[f"all levels: fixed t = {t}"]))
+    best_t = max(DMSR_FIXED_T, key=lambda t: rows[f"all levels: fixed t = {t}"]["haarpsi"])
+    best = rows[f"all levels: fixed t = {best_t}"]
+    rises, beats = rho >= 0.8, adaptive["haarpsi"] > best["haarpsi"]
+    return {"rows": rows, "spearman": rho, "spearman_per_image": per_image, "t_hat": {str(k): v for k, v in t_hat.items()},
+            "sweeps": {"severity": {"estimated t_hat": severity_series},
+                       "fixed t": {"fixed t": fixed_series, "estimated t_hat (at its mean)":
+                                   [(statistics.fmean(itertools.chain(*t_hat.values())), adaptive)]}},
+            "reproduced": bool(rises and beats), "t_hat_rises": bool(rises), "adaptive_beats_fixed": bool(beats),
+            "why": f"mean t_hat over severities {list(SEVERITIES)}: {[round(m, 1) for m in means]}, Spearman {rho:.3f} "
+                   f"(>= 0.8: {rises}; per image: median {statistics.median(per_image):.3f}); HaarPSI over the {len(pooled)} "
+                   f"pooled LR images: estimated t_hat {adaptive['haarpsi']:.4f} vs the best fixed t = {best_t} "
+                   f"{best['haarpsi']:.4f} (beats it: {beats})",
+            "note": "Severity s collapses Real-ESRGAN's blur, noise and Poisson ranges to low + s (high - low) and the JPEG "
+                    "quality to high - s (high - low), each image with its srkit-mini seed (benchmarks/claims.py "
+                    "severity_pairs). The estimator (dmsr-estimator-mini) regresses (1 - SSIM) x 500 (Table 5's SSIM "
+                    "target; the LPIPS target needs AlexNet's ImageNet weights); 'mean target' is that target. The "
+                    "encoder (dmsr-encoder-mini) was trained without the latent LPIPS and the GAN term "
+                    "(conf/train/zoo-dmsr-encoder.yaml). The fixed-t rows run the same encoder at t (Table 3's knob)."}
+
+
+STABILITY_SEEDS = tuple(range(10))
+CCSR_STEPS = (2, 3, 4)
+
+
+def claim_ccsr(pairs: Sequence[Any], score: Scorer, device: str) -> dict[str, Any]:
+    """CCSR Table I's direction: over 10 seeds, the non-uniform sampler (NUTS) has lower G-STD (PSNR, HaarPSI) and
+    L-STD than S uniform DDPM steps from T on the same backbone (``sampling="uniform"``), at S = 2, 3, 4."""
+    from srkit import load
+    from srkit.metrics.iqa import get_metric
+    from srkit.metrics.stability import LocalStd, g_std
+
+    score.require("psnr", "haarpsi")
+
+    model = load("ccsr", weights="zoo", device=device)
+    metrics = {name: get_metric(name, crop_border=4) for name in ("psnr", "haarpsi")}
+    rows: dict[str, Any] = {}
+    maps: list[tuple[str, torch.Tensor]] = []
+    for steps in CCSR_STEPS:
+        for sampling in ("nonuniform", "uniform"):
+            values = {name: [[0.0] * len(pairs) for _ in STABILITY_SEEDS] for name in metrics}
+            local = LocalStd()
+            for j, pair in enumerate(pairs):
+                for i, seed in enumerate(STABILITY_SEEDS):
+                    out = model.sr(pair.lr[None], seed=seed, steps=steps, sampling=sampling)
+                    for name, metric in metrics.items():
+                        values[name][i][j] = float(metric(out, pair.hr[None]))
+                    local.update(out[0, :, 4:-4, 4:-4])
+                if j == 0 and steps == CCSR_STEPS[0]:
+                    maps.append((f"{sampling}, {steps} steps", local.std_map().mean(0).cpu()))
+                local.image_value()
+            rows[f"{sampling}, {steps} steps"] = {
+                **{name: statistics.fmean(v for run in runs for v in run) for name, runs in values.items()},
+                **{f"{name} G-STD": g_std(runs) for name, runs in values.items()}, "L-STD": local.value}
+    checks = {f"{steps} steps: {column} lower with NUTS": rows[f"nonuniform, {steps} steps"][column]
+              < rows[f"uniform, {steps} steps"][column]
+              for steps in CCSR_STEPS for column in ("psnr G-STD", "haarpsi G-STD", "L-STD")}
+    held = [name for name, ok in checks.items() if ok]
+    return {"rows": rows, "checks": checks, "maps": maps, "reproduced": all(checks.values()),
+            "why": "; ".join(f"{steps} steps: L-STD {rows[f'nonuniform, {steps} steps']['L-STD']:.4f} (NUTS) vs "
+                             f"{rows[f'uniform, {steps} steps']['L-STD']:.4f} (uniform), PSNR G-STD "
+                             f"{rows[f'nonuniform, {steps} steps']['psnr G-STD']:.4f} vs "
+                             f"{rows[f'uniform, {steps} steps']['psnr G-STD']:.4f}" for steps in CCSR_STEPS)
+                   + f" ({len(held)} of {len(checks)} lower with NUTS)",
+            "note": f"Seeds {list(STABILITY_SEEDS)}; G-STD (Eq. 4) of per-image PSNR and HaarPSI, L-STD (Eq. 5) of the "
+                    "outputs (4-pixel border cropped), population std as CCSR's scripts. Uniform: S DDPM steps from T "
+                    "('trailing' spacing); NUTS: T once, then the loop from t_max to t_min (CCSR Sec. III-D). The zoo's "
+                    "CCSR (ccsr-controlnet-mini, ccsr-decoder-mini) runs without classifier-free guidance (the prior "
+                    "knows one prompt: guidance_scale 1, pinned)."}
+
+
 CLAIMS: dict[str, tuple[str, Callable[..., dict[str, Any]]]] = {
     "1": ("ResShift-4 beats bicubic on a perceptual metric (HaarPSI; LPIPS where available) on srkit-mini "
           "(Real-ESRGAN-degraded).", claim_resshift),
@@ -200,6 +378,13 @@ CLAIMS: dict[str, tuple[str, Callable[..., dict[str, Any]]]] = {
           "(LPNSR Tables 1 and 4, direction).", claim_lpnsr),
     "3": ("PG-ResShift: LR sign-flipped guidance trades PSNR for no-reference sharpness, monotone in strength "
           "(PG Table 2, direction); HR guidance in the reference region raises PSNR there.", claim_pg),
+    "4": ("InvSR: the start timestep and step count trade fidelity (PSNR) against perception (HaarPSI / NIQE) in the "
+          "direction of InvSR Table 1.", claim_invsr),
+    "5": ("DM-SR: the estimated t̂ rises with degradation severity (Spearman >= 0.8 over 5 severity levels of the "
+          "Real-ESRGAN pipeline), and adaptive t̂ beats the best single fixed t on a perceptual metric (DM-SR Table 5 "
+          "and its appendix, direction).", claim_dmsr),
+    "6": ("CCSR: lower G-STD and L-STD than uniform DDPM sampling on the same backbone over 10 seeds (CCSR Table I, "
+          "direction).", claim_ccsr),
 }
 
 
@@ -226,9 +411,10 @@ def write_markdown(path: Path, results: dict[str, Any], unavailable: dict[str, s
         if "scales" in result:
             lines += [f"Calibrated scales alpha_t (t = 0..3, zoo part pg-resshift-mini-scales, Algorithm 1, autograd): "
                       f"{[round(a, 4) for a in result['scales']]}.", ""]
-        columns = list(next(iter(result["rows"].values())))
+        columns = list(dict.fromkeys(c for values in result["rows"].values() for c in values))  # rows may differ
         lines += ["| row | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-        lines += [f"| {row} | " + " | ".join(fmt(values[c]) for c in columns) + " |" for row, values in result["rows"].items()]
+        lines += [f"| {row} | " + " | ".join(fmt(values[c]) if c in values else "" for c in columns) + " |"
+                  for row, values in result["rows"].items()]
         if result.get("note"):
             lines += ["", result["note"]]
     write_text_atomic(path, "\n".join(lines) + "\n")
@@ -242,7 +428,7 @@ def measure_claims(out: str | Path, claims: Sequence[str] = tuple(CLAIMS), devic
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pairs = mini_pairs("realesrgan", size=256)
-    score = Scorer((*FULL_REFERENCE, "sharpness"))
+    score = Scorer((*FULL_REFERENCE, "niqe", "sharpness"))
     results = {}
     for key in claims:
         log.info("claim %s: %s", key, CLAIMS[key][0])
@@ -257,6 +443,28 @@ def measure_claims(out: str | Path, claims: Sequence[str] = tuple(CLAIMS), devic
         results["3"]["figure"] = sweep_plot(out / "claims_pg_strength.png", "LR guidance strength", results["3"]["sweep"],
                                             ["psnr", "haarpsi", "sharpness"], "PG-ResShift zoo: LR guidance strength")
         log.info("claim 3 figure: %s", results["3"]["figure"])
+    if results.get("4", {}).get("rows"):
+        from srkit.metrics.figures import sweep_plot
+
+        results["4"]["figure"] = sweep_plot(out / "claims_invsr_start.png", "start timestep", results["4"]["sweep"],
+                                            ["psnr", "haarpsi", "niqe", "sharpness"], "InvSR zoo: start timestep and steps")
+        log.info("claim 4 figure: %s", results["4"]["figure"])
+    if results.get("5", {}).get("rows"):
+        from srkit.metrics.figures import sweep_plot
+
+        sweeps = results["5"]["sweeps"]
+        results["5"]["figure"] = [
+            sweep_plot(out / "claims_dmsr_severity.png", "Real-ESRGAN severity", sweeps["severity"],
+                       ["mean t_hat", "mean target", "haarpsi"], "DM-SR zoo: estimated timestep vs severity"),
+            sweep_plot(out / "claims_dmsr_fixed_t.png", "timestep", sweeps["fixed t"], ["haarpsi", "psnr"],
+                       "DM-SR zoo: fixed t vs estimated t_hat, all severities")]
+        log.info("claim 5 figures: %s", results["5"]["figure"])
+    if results.get("6", {}).get("rows"):
+        from srkit.metrics.figures import std_maps
+
+        results["6"]["figure"] = std_maps(out / "claims_ccsr_l_std.png", results["6"].pop("maps"),
+                                          "CCSR zoo: L-STD maps over 10 seeds (first image)")
+        log.info("claim 6 figure: %s", results["6"]["figure"])
     write_text_atomic(out / "claims.json", json.dumps({"results": results, "unavailable": score.unavailable}, indent=1))
     write_markdown(out / "claims.md", results, score.unavailable)
     return out / "claims.md"

@@ -476,6 +476,11 @@ class SRMethod(nn.Module, ABC):
         """The modules this method trains, by name (empty when nothing is trained)."""
         return {}
 
+    def prior_loaded(self) -> None:
+        """Called by :func:`srkit.load` once the zoo's parts are loaded over a model built on seeded random weights. A
+        method whose training starts from a copy of its prior (DM-SR's E_θ from the VAE encoder, CCSR's ControlNet from
+        the UNet: their ``"init"`` weights) copies it again here, so the copy is of the prior, not of its random init."""
+
     def learned_modules(self) -> dict[str, nn.Module]:
         """The modules the method's training learns, by name, however it was built: what its paper counts as its
         parameters (benchmarks' ``params_m``; ``total_params_m`` counts every parameter). By default every module

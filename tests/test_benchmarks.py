@@ -1,6 +1,7 @@
 """The benchmark harness: table specs, n/a reasons, outputs, sharding over 2 processes, the --mini acceptance run."""
 
 import csv
+import itertools
 import json
 import os
 import subprocess
@@ -292,5 +293,31 @@ def test_a_claim_whose_metric_cannot_run_is_not_measured_with_the_reason(tmp_pat
     claims.write_markdown(tmp_path / "claims.md", results, score.unavailable)
     text = (tmp_path / "claims.md").read_text()
     assert "## Claim 1: not measured" in text and "n/a: haarpsi: piq is not installed" in text
+    for claim in (claims.claim_invsr, claims.claim_dmsr, claims.claim_ccsr):  # decided by HaarPSI too
+        with pytest.raises(claims.ClaimUnavailable, match="haarpsi: piq is not installed"):
+            claim([], score, "cpu")
     with pytest.raises(SystemExit):
         claims.main(["--claims", "9"])  # an unknown claim is argparse's one-line error
+
+
+def test_severity_levels_degrade_more_as_they_rise_with_the_same_draws(monkeypatch):
+    """Claim 5's severity levels: Real-ESRGAN's strength ranges collapsed to one point; the bicubic upsampling of the LR
+    drifts further from the HR at every level, and a level is the same on every call (the images' srkit-mini seeds)."""
+    pytest.importorskip("skimage")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import claims
+
+    from srkit.data.mini import mini_pairs
+    from srkit.metrics.fidelity import psnr
+    from srkit.ops.resize import bicubic_upsample
+
+    pairs = mini_pairs("bicubic", size=256)[:3]
+    fidelity = []
+    for severity in claims.SEVERITIES:
+        level = claims.severity_pairs(pairs, severity)
+        assert [p.name for p in level] == [p.name for p in pairs] and all(p.lr.shape == (3, 64, 64) for p in level)
+        fidelity.append(float(torch.cat([psnr(bicubic_upsample(p.lr[None], 4).clamp(0, 1), p.hr[None], crop_border=4)
+                                         for p in level]).mean()))
+    assert all(b < a for a, b in itertools.pairwise(fidelity)), fidelity
+    again = claims.severity_pairs(pairs, 0.5)
+    assert all(torch.equal(a.lr, b.lr) for a, b in zip(again, claims.severity_pairs(pairs, 0.5)))

@@ -64,8 +64,8 @@ BAD_VALUES = [
     ("calibrate", "method=bicubic", "srkit calibrate fits posterior guidance's scales for a residual-shift method"),
     ("train", "train=zoo-resshift until=abc", "until=abc is not valid: until takes a whole number >= 1, or null"),
     ("train", "train=zoo-resshift resume=maybe", "resume=maybe is not valid: resume takes true or false"),
-    ("demo", "zoo=[resshif]", "zoo takes one of the zoo methods invsr, lpnsr, pg-resshift, resshift ('resshif' is none; did you "
-                              "mean 'resshift'?)"),
+    ("demo", "zoo=[resshif]", "zoo takes one of the zoo methods ccsr, dmsr, invsr, lpnsr, pg-resshift, resshift ('resshif' is none; "
+                              "did you mean 'resshift'?)"),
     ("demo", "tile=4", "tile=4 is not valid: tile takes a whole number >= 8, or null (whole image)"),
     ("demo", "+zooo=[]", "srkit demo has no option 'zooo'. Did you mean 'zoo'?"),
     ("convert", "", "source must be given, e.g. srkit convert source=..."),

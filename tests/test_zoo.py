@@ -174,6 +174,35 @@ def sd_prior(weights: str = "zoo:sd"):
     return srkit.load("invsr", weights=weights, predictor_config=SD_PREDICTOR, **build)
 
 
+def test_joined_specs_load_their_parts_in_order_once_and_name_an_unknown_one():
+    names = [part.name for part in zoo.parts("zoo:sd+sd-vae-mini+invsr-mini", "dmsr")]
+    assert names == ["sd-vae-mini", "sd-unet-mini", "invsr-mini"]
+    with pytest.raises(ConfigError, match=r"the zoo has no 'sd-vae-big'.*'\+' joins several"):
+        zoo.parts("zoo:sd+sd-vae-big", "dmsr")
+
+
+DMSR_ESTIMATOR = [4, 4, 8, 8, 8]  # DM-SR's estimator at a test size (not in the prior)
+
+
+def test_init_copies_the_zoo_prior_not_its_random_init():
+    """DM-SR's E_θ starts as the VAE encoder and CCSR's ControlNet as the UNet (their "init" weights): on the zoo, the
+    copies are of the loaded prior (SRMethod.prior_loaded), made after its parts are loaded over the random init."""
+    dmsr = srkit.load("dmsr", weights="zoo:sd", dmsr_weights="init", estimator_channels=DMSR_ESTIMATOR)
+    vae = dmsr.sd.vae.vae
+    for key, value in vae.encoder.state_dict().items():
+        torch.testing.assert_close(dmsr.encoder.encoder.state_dict()[key], value, rtol=0, atol=0)
+    torch.testing.assert_close(dmsr.encoder.quant_conv.weight, vae.quant_conv.weight, rtol=0, atol=0)
+    backend = zoo.part_config(zoo.parts("zoo:sd", "ccsr"))["backend_config"]  # a caller's backend_config replaces it
+    control = {key: backend["unet"][key] for key in ("block_out_channels", "down_block_types", "layers_per_block",
+                                                      "attention_head_dim", "cross_attention_dim", "norm_num_groups")}
+    ccsr = srkit.load("ccsr", weights="zoo:sd", ccsr_weights="init", backend_config={**backend, "controlnet": control})
+    unet = ccsr.sd.unet.state_dict()
+    shared = [key for key in ccsr.controlnet.state_dict() if key in unet]
+    assert len(shared) > 20
+    for key in shared:
+        torch.testing.assert_close(ccsr.controlnet.state_dict()[key], unet[key], rtol=0, atol=0)
+
+
 def test_sd_vae_reconstructs_held_out_photos_far_better_than_its_untrained_state(eval_pairs):
     psnr = get_metric("psnr", crop_border=4)
 
@@ -220,6 +249,57 @@ def test_invsr_zoo_start_noise_predictor_beats_its_untrained_state(eval_pairs):
     untrained = srkit.load("invsr", weights="zoo:sd", **zoo.part_config(zoo.parts("zoo", "invsr")))
     psnr = [mean_metric("psnr", run(model, eval_pairs, seed=0), eval_pairs) for model in (trained, untrained)]
     assert psnr[0] > psnr[1] + 3, psnr  # measured: 22.54 against 17.24 dB (bicubic 23.50)
+
+
+def test_dmsr_zoo_estimator_tracks_its_target_where_its_untrained_state_cannot(eval_pairs):
+    """dmsr-estimator-mini's t̂ against the target it regressed ((1 - SSIM) x 500 of I_LR against the HR, Table 5's
+    SSIM row) on the held-out photos; its untrained state (zero head: 249.5 for every image) has no correlation."""
+    from scipy.stats import spearmanr
+
+    trained = srkit.load("dmsr", weights="zoo")
+    with torch.no_grad():
+        i_lr = [trained.upsample(pair.lr[None]) for pair in eval_pairs]
+        t_hat = torch.cat([trained.estimator(x) for x in i_lr])
+        target = torch.cat([trained.timestep_target_of(x, pair.hr[None]) for x, pair in zip(i_lr, eval_pairs)])
+    untrained_error = float((target - 249.5).abs().mean())
+    error = float((t_hat - target).abs().mean())
+    assert error < 0.8 * untrained_error, (error, untrained_error)  # measured: 58.4 against 83.0
+    assert spearmanr(t_hat.tolist(), target.tolist()).statistic > 0.6  # measured: 0.83 (0 for a constant)
+
+
+def test_dmsr_zoo_encoder_beats_the_vae_encoder_it_starts_from(eval_pairs):
+    """dmsr-encoder-mini's E_θ against its training start, the zoo VAE's encoder with zero t̂ layers
+    (dmsr_weights=init), both with the zoo's estimator and prior: PSNR and HaarPSI of sr() on the held-out photos."""
+    pytest.importorskip("piq")
+    trained = srkit.load("dmsr", weights="zoo")
+    start = srkit.load("dmsr", weights="zoo:sd+dmsr-estimator-mini", dmsr_weights="init",
+                       **zoo.part_config(zoo.parts("zoo", "dmsr")))
+    outputs = [run(model, eval_pairs) for model in (trained, start)]
+    psnr = [mean_metric("psnr", out, eval_pairs) for out in outputs]
+    haarpsi = [mean_metric("haarpsi", out, eval_pairs) for out in outputs]
+    # measured: PSNR 22.11 against 20.97 dB, HaarPSI 0.407 against 0.329
+    assert psnr[0] > psnr[1] + 0.5 and haarpsi[0] > haarpsi[1] + 0.03, (psnr, haarpsi)
+
+
+def test_ccsr_zoo_controlnet_beats_its_start_the_unet_copy(eval_pairs):
+    """ccsr-controlnet-mini (stage 1) against its training start, the ControlNet copied from the zoo UNet
+    (ccsr_weights=init: its zero convolutions add nothing), both decoded by the zoo VAE: PSNR of CCSR-S1 and -S2."""
+    build = zoo.part_config(zoo.parts("zoo:sd+ccsr-controlnet-mini", "ccsr"))
+    trained = srkit.load("ccsr", weights="zoo:sd+ccsr-controlnet-mini", **build)
+    start = srkit.load("ccsr", weights="zoo:sd", ccsr_weights="init", **build)
+    psnr = {steps: [mean_metric("psnr", run(model, eval_pairs, seed=0, steps=steps), eval_pairs) for model in (trained, start)]
+            for steps in (1, 2)}
+    # measured: 14.96 against 13.69 dB (S1), 16.10 against 13.66 dB (S2); bicubic 23.50: 1,000 steps are far from CCSR
+    assert psnr[1][0] > psnr[1][1] + 0.5 and psnr[2][0] > psnr[2][1] + 1.5, psnr
+
+
+def test_ccsr_zoo_decoder_beats_the_vae_decoder_it_starts_from(eval_pairs):
+    """ccsr-decoder-mini (stage 2, DeFT) against the zoo VAE's decoder it was fine-tuned from, on the same stage-1
+    ControlNet: PSNR of CCSR-S1 on the held-out photos."""
+    trained = srkit.load("ccsr", weights="zoo")
+    start = srkit.load("ccsr", weights="zoo:sd+ccsr-controlnet-mini", **zoo.part_config(zoo.parts("zoo", "ccsr")))
+    psnr = [mean_metric("psnr", run(model, eval_pairs, seed=0, steps=1), eval_pairs) for model in (trained, start)]
+    assert psnr[0] > psnr[1] + 0.2, psnr  # measured: 15.35 against 14.96 dB (400 steps)
 
 
 def test_resshift_zoo_denoiser_is_far_better_than_its_untrained_state(eval_pairs):
@@ -313,7 +393,8 @@ def test_pg_gradient_readings_on_the_zoo_chain_differ_as_measured(eval_pairs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("part", ["vq-f4-mini", "resshift-mini", "lpnsr-mini", "sd-vae-mini", "sd-unet-mini", "invsr-mini"])
+@pytest.mark.parametrize("part", ["vq-f4-mini", "resshift-mini", "lpnsr-mini", "sd-vae-mini", "sd-unet-mini", "invsr-mini",
+                                  "dmsr-estimator-mini", "dmsr-encoder-mini", "ccsr-controlnet-mini", "ccsr-decoder-mini"])
 def test_rerunning_a_recipe_retraces_its_committed_log(part, tmp_path):
     """A zoo recipe is seeded end to end: its first 20 steps, rerun (``until=20``: the LR schedule of the whole run),
     give the committed log's losses. (The full runs take 20-40 min each; retracing the start is what CI affords.)"""

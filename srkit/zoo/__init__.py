@@ -16,9 +16,11 @@ A **method** of the zoo is the parts it is built from (:data:`METHOD_PARTS`); a 
 methods are trained on (:data:`PRIORS`: ``"sd"``, the SD VAE and UNet that InvSR, DM-SR and CCSR build on).
 
 ``weights`` specs: ``"zoo"`` (the parts of the method being loaded), ``"zoo:<method or prior>"`` (another entry's
-parts, e.g. LPNSR's recipe trains its predictor on ``zoo:resshift``) or ``"zoo:<part>"`` (one part, e.g. ResShift's
-recipe trains its denoiser on ``zoo:vq-f4-mini``). Whatever the zoo does not hold stays at its seeded random
-init (srkit-synthetic-v1), which is what a recipe trains.
+parts, e.g. LPNSR's recipe trains its predictor on ``zoo:resshift``), ``"zoo:<part>"`` (one part, e.g. ResShift's
+recipe trains its denoiser on ``zoo:vq-f4-mini``), or several joined by ``+`` (DM-SR's encoder recipe trains on
+``zoo:sd+dmsr-estimator-mini``: the prior and the estimator trained before it). Whatever the zoo does not hold stays
+at its seeded random init (srkit-synthetic-v1), which is what a recipe trains; a method whose training starts from a
+copy of its prior takes the copy after the parts are loaded (:meth:`srkit.types.SRMethod.prior_loaded`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ METHOD_PARTS: dict[str, tuple[str, ...]] = {
     "pg-resshift": ("vq-f4-mini", "resshift-mini", "pg-resshift-mini-scales", "pg-resshift-mini-reference-scales"),
     "lpnsr": ("vq-f4-mini", "resshift-mini", "lpnsr-mini"),
     "invsr": ("sd-vae-mini", "sd-unet-mini", "invsr-mini"),
+    "dmsr": ("sd-vae-mini", "sd-unet-mini", "dmsr-estimator-mini", "dmsr-encoder-mini"),
+    "ccsr": ("sd-vae-mini", "sd-unet-mini", "ccsr-controlnet-mini", "ccsr-decoder-mini"),
 }
 # The frozen priors the zoo's methods are trained on, by name (``weights="zoo:sd"``): parts, not a method.
 PRIORS: dict[str, tuple[str, ...]] = {"sd": ("sd-vae-mini", "sd-unet-mini")}
@@ -53,6 +57,10 @@ MODULE_CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     "predictor": ("predictor_config",),
     "sd.vae.vae": ("backend_config.vae",),
     "sd.unet": ("backend_config.unet", "backend_config.vae.scaling_factor", "prompt"),
+    # DM-SR's T (with what its t̂ measures: the target it regressed) and E_θ (a VAE encoder)
+    "estimator": ("estimator_channels", "timestep_target", "timestep_scale"), "encoder": ("backend_config.vae",),
+    # CCSR's stage 1 (its guidance scale: CFG needs a prompt the prior contrasts) and stage 2
+    "controlnet": ("backend_config.controlnet", "guidance_scale"), "sd.vae.vae.decoder": ("backend_config.vae",),
 }
 
 
@@ -94,14 +102,17 @@ def _manifest() -> dict[str, Part]:
 
 
 def parts(spec: str, method: str) -> list[Part]:
-    """The parts the weights ``spec`` (``"zoo"``, ``"zoo:<method>"`` or ``"zoo:<part>"``) names for ``method``."""
+    """The parts the weights ``spec`` (``"zoo"``, ``"zoo:<method>"``, ``"zoo:<part>"``, or several joined by ``+``, loaded
+    in that order: ``"zoo:sd+dmsr-estimator-mini"``) names for ``method``."""
     known = _manifest()
-    target = method if str(spec) == ZOO else str(spec).split(":", 1)[1]
-    names = METHOD_PARTS.get(target) or PRIORS.get(target) or ((target,) if target in known else None)
-    if names is None:
-        choices = sorted({*METHOD_PARTS, *PRIORS, *known})
-        raise ConfigError(f"weights={spec!r}: the zoo has no {target!r}; it has {', '.join(choices)} "
-                          f"(weights='zoo' loads the parts of {method!r} when it has them)")
+    names: list[str] = []
+    for target in [method] if str(spec) == ZOO else str(spec).split(":", 1)[1].split("+"):
+        entry = METHOD_PARTS.get(target) or PRIORS.get(target) or ((target,) if target in known else None)
+        if entry is None:
+            choices = sorted({*METHOD_PARTS, *PRIORS, *known})
+            raise ConfigError(f"weights={spec!r}: the zoo has no {target!r}; it has {', '.join(choices)} "
+                              f"(weights='zoo' loads the parts of {method!r} when it has them; '+' joins several)")
+        names += [name for name in entry if name not in names]
     missing = [name for name in names if name not in known]
     if missing:
         raise WeightsNotFoundError(

@@ -138,7 +138,9 @@ class CCSR(DiffusionMethod):
         config = registry.backend_config("sd21_base", backend_config, prompt=prompt, weights=weights)
         control_config = config.pop("controlnet")
         self.sd = StableDiffusion(**config, controlnet=None)
+        self._init = ccsr_weights == "init"
         self.controlnet = self._controlnet(control_config, ccsr_weights)
+        self.prior_loaded()
         self.requires_grad_(False)
 
         self.prompt, self.negative_prompt = prompt, negative_prompt
@@ -150,14 +152,17 @@ class CCSR(DiffusionMethod):
 
     def _controlnet(self, config: Mapping[str, Any], spec: str | None) -> nn.Module:
         if spec == "init":
-            controlnet = vae_condition_controlnet(config)
-            controlnet.load_state_dict(self.sd.unet.state_dict(), strict=False)  # the ControlNet recipe
-            return controlnet
+            return vae_condition_controlnet(config)  # the UNet copied in by prior_loaded, called after this
         controlnet = vae_condition_controlnet(config, device="meta").to_empty(device="cpu")
         folder = resolve_weights(self.descriptor, "release", spec)
         load_weights(controlnet, folder, filename=DIFFUSERS_WEIGHTS, subfolder="controlnet", what="CCSR ControlNet")
         load_weights(self.sd.vae.vae, folder, filename=DIFFUSERS_WEIGHTS, subfolder="vae", what="CCSR fine-tuned VAE")
         return controlnet
+
+    def prior_loaded(self) -> None:
+        """``ccsr_weights="init"``: the ControlNet starts as a copy of the UNet now loaded (the ControlNet recipe)."""
+        if self._init:
+            self.controlnet.load_state_dict(self.sd.unet.state_dict(), strict=False)
 
     def save_weights(self, folder: str | os.PathLike[str]) -> None:
         """Write ``controlnet/`` and ``vae/`` (diffusers layout, safetensors): the folder ``ccsr_weights`` reads,

@@ -111,7 +111,7 @@ class DMSR(DiffusionMethod):
         self.sd = StableDiffusion(**registry.backend_config("sd_turbo", backend_config, prompt=prompt, weights=weights))
         if self.sampler.prediction_type != "epsilon":
             raise ConfigError("DM-SR's decomposition (Eq. (2)) needs an epsilon-predicting UNet: set sampler.prediction_type=epsilon")
-        init = dmsr_weights is not None and str(dmsr_weights) == "init"
+        init = self._init = dmsr_weights is not None and str(dmsr_weights) == "init"
         self.estimator = TimestepEstimator(estimator_channels, backbone_weights=companion(vgg_weights, weights) if init else "none")
         self.encoder = TimestepAwareEncoder(self.sd.vae.vae)
         self._load_trained(companion(dmsr_weights, weights), init)
@@ -133,6 +133,13 @@ class DMSR(DiffusionMethod):
         if init:
             return
         load_weights(self._trained(), resolve_weights(self.descriptor, "dmsr", spec), what="DM-SR estimator and encoder")
+
+    def prior_loaded(self) -> None:
+        """``dmsr_weights="init"``: E_θ starts as the VAE encoder now loaded (Sec. 3.2), its t̂ layers still zero."""
+        if self._init:
+            self.encoder.encoder.load_state_dict(self.sd.vae.vae.encoder.state_dict())
+            if self.encoder.quant_conv is not None:
+                self.encoder.quant_conv.load_state_dict(self.sd.vae.vae.quant_conv.state_dict())
 
     def save_weights(self, path: str | os.PathLike[str]) -> None:
         """Write T and E_θ (``estimator.*``, ``encoder.*``) as safetensors, the file ``dmsr_weights`` reads."""
