@@ -53,11 +53,12 @@ TINY_RESSHIFT = {"unet_config": TINY_UNET, "autoencoder_config": {"n_embed": 64,
 # the tiny run, the module files its run folder must hold, and the loss term that must go down.
 RUNS = {
     "resshift": ("resshift", {**TINY_RESSHIFT, "loss_weights": {"lpips": 0}}, [], ["unet"], "mse"),
-    # LPNSR's 15 generator steps move the fixed-noise L1 by a few per cent either way unless the run trains on what
+    # LPNSR's 15 generator steps move the fixed-noise L1 by a few per cent either way (at lr 2e-4: -1.3 % on one CI
+    # machine of 2026-12-04, under the 5 % bar) unless the run trains on what
     # fixed_loss measures (bicubic LR of all 8 photos); its discriminator starts at once (recipe: after one epoch).
     "lpnsr": ("lpnsr", {**TINY_RESSHIFT, "predictor_config": TINY_UNET, "lpips_weights": "synthetic",
                         "discriminator": {"ndf": 8, "n_layers": 2}},
-              ["train.gan.disc_start=0", "train.lr=2e-4", "data.degradation=bicubic", "data.val_images=0"],
+              ["train.gan.disc_start=0", "train.lr=5e-4", "data.degradation=bicubic", "data.val_images=0"],
               ["noise_predictor"], "l1"),
     "invsr": ("invsr", {**INVSR_TINY, "discriminator": {"block_out_channels": [8, 16], "norm_num_groups": 4}}, [],
               ["predictor"], "l2"),
