@@ -330,30 +330,23 @@ def claim_ccsr(pairs: Sequence[Any], score: Scorer, device: str) -> dict[str, An
     L-STD than S uniform DDPM steps from T on the same backbone (``sampling="uniform"``), at S = 2, 3, 4."""
     from srkit import load
     from srkit.metrics.iqa import get_metric
-    from srkit.metrics.stability import LocalStd, g_std
+    from srkit.metrics.stability import stability
 
     score.require("psnr", "haarpsi")
 
     model = load("ccsr", weights="zoo", device=device)
     metrics = {name: get_metric(name, crop_border=4) for name in ("psnr", "haarpsi")}
+    lr_hr = [(pair.lr, pair.hr) for pair in pairs]
     rows: dict[str, Any] = {}
     maps: list[tuple[str, torch.Tensor]] = []
     for steps in CCSR_STEPS:
         for sampling in ("nonuniform", "uniform"):
-            values = {name: [[0.0] * len(pairs) for _ in STABILITY_SEEDS] for name in metrics}
-            local = LocalStd()
-            for j, pair in enumerate(pairs):
-                for i, seed in enumerate(STABILITY_SEEDS):
-                    out = model.sr(pair.lr[None], seed=seed, steps=steps, sampling=sampling)
-                    for name, metric in metrics.items():
-                        values[name][i][j] = float(metric(out, pair.hr[None]))
-                    local.update(out[0, :, 4:-4, 4:-4])
-                if j == 0 and steps == CCSR_STEPS[0]:
-                    maps.append((f"{sampling}, {steps} steps", local.std_map().mean(0).cpu()))
-                local.image_value()
-            rows[f"{sampling}, {steps} steps"] = {
-                **{name: statistics.fmean(v for run in runs for v in run) for name, runs in values.items()},
-                **{f"{name} G-STD": g_std(runs) for name, runs in values.items()}, "L-STD": local.value}
+            result = stability(model, lr_hr, metrics, STABILITY_SEEDS, crop_border=4, std_maps=1, steps=steps,
+                               sampling=sampling)
+            if steps == CCSR_STEPS[0]:
+                maps.append((f"{sampling}, {steps} steps", result.std_maps[0].mean(0)))
+            rows[f"{sampling}, {steps} steps"] = {**result.mean, **{f"{name} G-STD": v for name, v in result.g_std.items()},
+                                                   "L-STD": result.l_std}
     checks = {f"{steps} steps: {column} lower with NUTS": rows[f"nonuniform, {steps} steps"][column]
               < rows[f"uniform, {steps} steps"][column]
               for steps in CCSR_STEPS for column in ("psnr G-STD", "haarpsi G-STD", "L-STD")}

@@ -1,7 +1,6 @@
 """PSNR/SSIM on Y against a from-scratch NumPy reference and pyiqa; G-STD/L-STD on known answers."""
 
 import math
-import types
 
 import numpy as np
 import pytest
@@ -174,14 +173,19 @@ class NoisyIdentity:
 
 def test_stability_of_a_method():
     hr = torch.full((3, 24, 24), 0.5)
-    pair = types.SimpleNamespace(lr=hr[:, ::4, ::4], hr=hr)
-    method = NoisyIdentity(hr, sigma=0.01)
-    result = stability(method, [pair], lambda a, b: (a - b).abs().mean(dim=(1, 2, 3)), seeds=range(8), crop_border=2)
+    pair = (hr[:, ::4, ::4], hr)
+    l1 = {"l1": lambda a, b: (a - b).abs().mean(dim=(1, 2, 3)), "max": lambda a, b: (a - b).abs().amax(dim=(1, 2, 3))}
+    runs = []
+    result = stability(NoisyIdentity(hr, sigma=0.01), [pair, pair], l1, seeds=range(8), crop_border=2, std_maps=1,
+                       on_run=lambda: runs.append(1))
     assert result.l_std == pytest.approx(0.01 * math.sqrt(7 / 8) * 0.95, rel=0.1)  # E[population std] ~ sigma
-    assert 0 < result.g_std < 0.001 and result.mean == pytest.approx(0.01 * math.sqrt(2 / math.pi), rel=0.05)
-    assert len(result.values) == 8 and len(result.values[0]) == 1
-    deterministic = stability(NoisyIdentity(hr, 0.0), [pair], lambda a, b: (a - b).abs().mean(dim=(1, 2, 3)), seeds=[0, 1])
-    assert deterministic.g_std == 0 and deterministic.l_std == 0
+    assert 0 < result.g_std["l1"] < 0.001 and result.mean["l1"] == pytest.approx(0.01 * math.sqrt(2 / math.pi), rel=0.05)
+    assert result.mean["max"] > 3 * result.mean["l1"] and set(result.g_std) == {"l1", "max"}
+    assert len(result.values["l1"]) == 8 and len(result.values["l1"][0]) == 2 and len(runs) == 16
+    assert len(result.std_maps) == 1 and result.std_maps[0].shape == (3, 20, 20)
+    assert float(result.std_maps[0].mean()) == pytest.approx(result.l_std, rel=0.1)  # both images draw the same noise
+    deterministic = stability(NoisyIdentity(hr, 0.0), [pair], l1, seeds=[0, 1])
+    assert deterministic.g_std == {"l1": 0, "max": 0} and deterministic.l_std == 0 and deterministic.std_maps == ()
 
 
 def test_unknown_metric_and_missing_pyiqa(monkeypatch):

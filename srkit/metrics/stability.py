@@ -7,7 +7,7 @@ root; the official script (and the name "standard deviation") square the deviati
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,43 +87,55 @@ def l_std(outputs: Tensor) -> float:
 
 @dataclass(frozen=True)
 class Stability:
-    """A metric's mean over runs and images, its G-STD, and the L-STD of the outputs."""
+    """Per metric: its mean over runs and images, its G-STD and its values (N runs, M images); the L-STD of the
+    outputs, and the per-pixel std maps (C, H, W) of the first images (as many as asked for)."""
 
-    mean: float
-    g_std: float
+    mean: dict[str, float]
+    g_std: dict[str, float]
+    values: dict[str, tuple[tuple[float, ...], ...]]
     l_std: float
-    values: tuple[tuple[float, ...], ...]  # (N runs, M images)
+    std_maps: tuple[Tensor, ...] = ()
 
 
 def stability(
     method: Any,
-    pairs: Sequence[Any],
-    metric: Callable[[Tensor, Tensor], Tensor],
+    pairs: Sequence[tuple[Tensor, Tensor]],
+    metrics: Mapping[str, Callable[[Tensor, Tensor], Tensor]],
     seeds: Sequence[int],
     *,
     crop_border: int = 4,
+    std_maps: int = 0,
+    on_run: Callable[[], Any] | None = None,
     **sr_kwargs: Any,
 ) -> Stability:
-    """Run ``method.sr`` on every pair's LR with each seed; G-STD of ``metric`` and L-STD of the outputs.
+    """Run ``method.sr`` on every (LR, HR) pair's LR with each seed: G-STD of each metric, L-STD of the outputs.
 
-    ``metric(sr, hr)`` returns per-image values (B,) (e.g. :func:`srkit.metrics.psnr`); ``pairs`` have
-    ``.lr`` and ``.hr`` (3, H, W) tensors. L-STD is computed after cropping ``crop_border`` pixels, as
-    CCSR's script does. ``sr_kwargs`` go to ``method.sr`` (e.g. ``steps=``).
+    ``metrics`` maps names to callables ``metric(sr, hr) -> (B,)`` values (see :func:`srkit.metrics.iqa.get_metric`);
+    LR and HR are (3, H, W) tensors. L-STD is computed after cropping ``crop_border`` pixels, as CCSR's script does;
+    the std maps of the first ``std_maps`` images are kept (for figures). ``on_run`` is called after every run (a
+    progress bar); ``sr_kwargs`` go to ``method.sr`` (e.g. ``steps=``).
     """
     if len(seeds) < 2:
         raise ConfigError(f"stability needs at least 2 seeds, got {list(seeds)}")
-    if not pairs:
-        raise ConfigError("stability needs at least one (LR, HR) pair")
-    values = [[0.0] * len(pairs) for _ in seeds]
-    local = LocalStd()
-    for j, pair in enumerate(pairs):
+    if not pairs or not metrics:
+        raise ConfigError("stability needs at least one (LR, HR) pair and one metric")
+    values = {name: torch.zeros(len(seeds), len(pairs), dtype=torch.float64) for name in metrics}
+    local, maps = LocalStd(), []
+    c = crop_border
+    for j, (lr, hr) in enumerate(pairs):
         for i, seed in enumerate(seeds):
-            out = method.sr(pair.lr.unsqueeze(0), seed=int(seed), **sr_kwargs)
-            values[i][j] = float(metric(out, pair.hr.unsqueeze(0).to(out))[0])
-            c = crop_border
+            out = method.sr(lr.unsqueeze(0), seed=int(seed), **sr_kwargs).float()
+            for name, metric in metrics.items():
+                values[name][i, j] = float(metric(out, hr.unsqueeze(0).to(out))[0])
             local.update(out[0, :, c : out.shape[-2] - c, c : out.shape[-1] - c])
+            if on_run is not None:
+                on_run()
+        if j < std_maps:
+            maps.append(local.std_map().float().cpu())
         local.image_value()
-    flat = [v for run in values for v in run]
     return Stability(
-        mean=sum(flat) / len(flat), g_std=g_std(values), l_std=local.value, values=tuple(map(tuple, values))
+        mean={name: float(v.mean()) for name, v in values.items()},
+        g_std={name: g_std(v) for name, v in values.items()},
+        values={name: tuple(map(tuple, v.tolist())) for name, v in values.items()},
+        l_std=local.value, std_maps=tuple(maps),
     )

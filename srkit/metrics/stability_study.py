@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ..errors import ConfigError
 from ..io import write_text_atomic
-from .stability import LocalStd, g_std
+from .stability import stability
 
 __all__ = ["VariantResult", "run_stability", "stability_study", "write_markdown"]
 
@@ -72,22 +71,9 @@ def _variant_result(method: Any, pairs: Sequence[tuple[Tensor, Tensor]], variant
                     metrics: Mapping[str, Any], crop_border: int, bar: Any) -> VariantResult:
     """One variant of :func:`stability_study`, each run counted on ``bar``."""
     knobs = dict(variant.get("sr") or {})
-    values = {name: torch.zeros(len(seeds), len(pairs), dtype=torch.float64) for name in metrics}
-    local = LocalStd()
-    for j, (lr, hr) in enumerate(pairs):
-        for i, seed in enumerate(seeds):
-            out = method.sr(lr[None], seed=int(seed), **knobs).float()
-            for name, metric in metrics.items():
-                values[name][i, j] = float(metric(out, hr[None].to(out))[0])
-            c = crop_border
-            local.update(out[0, :, c: out.shape[-2] - c, c: out.shape[-1] - c])
-            bar.update()
-        local.image_value()
-    return VariantResult(
-        label=str(variant.get("label", knobs)), sr=knobs,
-        mean={name: float(v.mean()) for name, v in values.items()},
-        g_std={name: g_std(v) for name, v in values.items()}, l_std=local.value,
-    )
+    result = stability(method, pairs, metrics, seeds, crop_border=crop_border, on_run=bar.update, **knobs)
+    return VariantResult(label=str(variant.get("label", knobs)), sr=knobs, mean=result.mean, g_std=result.g_std,
+                         l_std=result.l_std)
 
 
 def write_markdown(path: Path, results: Sequence[VariantResult], metric_names: Sequence[str], header: str) -> None:
