@@ -321,3 +321,29 @@ def test_severity_levels_degrade_more_as_they_rise_with_the_same_draws(monkeypat
     assert all(b < a for a, b in itertools.pairwise(fidelity)), fidelity
     again = claims.severity_pairs(pairs, 0.5)
     assert all(torch.equal(a.lr, b.lr) for a, b in zip(again, claims.severity_pairs(pairs, 0.5)))
+
+
+ZOO_ROWS = {  # one row per method the zoo trained on its SD prior, with the knobs of the papers' tables
+    "invsr": {"steps": 1, "timesteps": [200]},  # InvSR Table 1
+    "dmsr": {"steps": 1},  # DM-SR Table 3: the estimated timestep
+    "ccsr": {"T": 6, "t_max": 2 / 3, "t_min": 0.5},  # CCSR Table II, S = 2
+}
+
+
+def test_zoo_weights_fill_the_sd_prior_methods_rows(tmp_path):
+    """``run_all.py --zoo`` (weights="zoo") measures InvSR, DM-SR and CCSR rows with the zoo's parts: each cell is the
+    metric of ``srkit.load(method, weights="zoo").sr`` with the row's knobs, not n/a."""
+    rows = [{"dataset": "realsr", "label": m, "method": m, "sr": knobs, "paper": [None]} for m, knobs in ZOO_ROWS.items()]
+    spec = {"paper": "P", "table": "T", "title": "t", "protocol": {"scale": 4, "crop_border": 4}, "metrics": ["psnr"],
+            "seeds": [0], "rows": rows}
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    (folder / "zoo.yaml").write_text(json.dumps(spec))
+    data = samples(1)
+    record = run_benchmark(out=tmp_path / "out", datasets={"realsr": data}, tables_dir=str(folder), weights="zoo",
+                           methods=list(ZOO_ROWS), progress=False)
+    measured = {r["method"]: r["cells"][0] for r in record["tables"][0]["rows"]}
+    for method, knobs in ZOO_ROWS.items():
+        model = srkit.load(method, weights="zoo")
+        expected = psnr(model.sr(data[0].lr[None], seed=0, **knobs), data[0].hr[None])
+        assert measured[method]["measured"] == pytest.approx(expected.item(), rel=1e-6), measured[method]
