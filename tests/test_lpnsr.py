@@ -34,26 +34,22 @@ def tiny() -> LPNSR:
     return model
 
 
-def test_official_padding_is_the_default_and_equals_padding_by_hand():
-    """process_single_image pads the LR to a multiple of 64 with cv2.BORDER_REFLECT (numpy's "symmetric": the edge
-    pixel repeated), then on to powers of two with np.pad "reflect"; the VQ mid-block attention is global, so either
-    padding changes every pixel, not only the border."""
-    import numpy as np
+def test_official_power_of_two_padding_is_the_default_and_equals_padding_by_hand():
+    """The official inference reflect-pads the (multiple-padded) LR on to powers of two; the VQ mid-block attention is
+    global, so it changes every pixel, not only the border."""
+    import torch.nn.functional as F
+
+    from srkit.tiling import pad_to_multiple
 
     model = srkit.load("lpnsr", weights="synthetic", color_fix="none", **TINY)
-    assert model.power_of_two_padding and model.pad_mode == "symmetric"
+    assert model.power_of_two_padding
     assert model.size_multiple == 64
     lr = torch.rand(1, 3, 136, 72, generator=torch.Generator().manual_seed(0))  # -> 192 x 128 (multiple 64) -> 256 x 128
     out = model.sr(lr, seed=3)
-    image = lr[0].permute(1, 2, 0).numpy()
-    image = np.pad(image, ((0, 56), (0, 56), (0, 0)), mode="symmetric")  # cv2.copyMakeBorder(..., BORDER_REFLECT)
-    image = np.pad(image, ((0, 64), (0, 0), (0, 0)), mode="reflect")
-    canvas = torch.from_numpy(image).permute(2, 0, 1)[None]
     unpadded = srkit.load("lpnsr", weights="synthetic", color_fix="none", power_of_two_padding=False, **TINY)
-    torch.testing.assert_close(out, unpadded.sr(canvas, seed=3)[..., :544, :288], atol=1e-6, rtol=0)
+    by_hand = unpadded.sr(F.pad(pad_to_multiple(lr, 64), (0, 0, 0, 64), mode="reflect"), seed=3)[..., :544, :288]
+    torch.testing.assert_close(out, by_hand, atol=1e-6, rtol=0)
     assert (out - unpadded.sr(lr, seed=3)).abs().amax() > 1e-4
-    reflected = torch.nn.functional.pad(lr, (0, 56, 0, 56 + 64), mode="reflect")  # torch's reflect all the way
-    assert (out - unpadded.sr(reflected, seed=3)[..., :544, :288]).abs().amax() > 1e-4
 
 
 @pytest.mark.slow
