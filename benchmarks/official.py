@@ -3,16 +3,18 @@
 ``benchmarks/latency.py --official-resshift DIR --official-lpnsr DIR`` times each method against its official
 pipeline in the same process: DIR is a checkout of the official repository (github.com/zsyOAOA/ResShift,
 github.com/Faze-Hsw/LPNSR), which is imported from there for the benchmark only and never becomes a dependency of
-srkit. Its own requirements apply (the Swin blocks import ``timm``: ``pip install timm``). The official networks are
-built from the official configs and given the state dicts of the srkit model being timed (srkit loads the official
-checkpoints unchanged, so the keys are the same), and run in the model's dtype without autocast, as the official
-scripts do on CPU. Each baseline is a function ``(lr in [0, 1], steps, seed) -> image in [0, 1]``.
+srkit. Its own requirements apply (the Swin blocks import ``timm``, LPNSR's inference ``cv2`` and ``loralib``:
+``pip install timm opencv-python-headless loralib``). The official networks are built from the official configs and
+given the state dicts of the srkit model being timed (srkit loads the official checkpoints unchanged, so the keys are
+the same), and run without autocast, as the official scripts do on CPU (ResShift in the model's dtype; LPNSR's
+``process_single_image`` casts the image to float32). Each baseline is a function ``(lr in [0, 1], steps, seed) -> image in [0, 1]``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -107,22 +109,18 @@ def official_lpnsr(model: Any, checkout: str | Path) -> Baseline:
     (folder / "inference.yaml").write_text(yaml.safe_dump(config))
     with _imported_from(checkout):
         engine = inference.NoisePredictorInference(str(folder / "inference.yaml"), device=parameter.device.type)
-    offset = config["inference"]["padding_offset"]
 
     @torch.no_grad()
     def run(lr: Tensor, steps: int, seed: int) -> Tensor:
-        """``process_single_image`` on a tensor: reflect-pad to 64 then to a power of two per side, the chain, the
-        colour correction against the bicubic x4 of the padded LR in [0, 1], the crop."""
+        """``process_single_image`` itself on each image of ``lr`` from ``seed``: its padding (cv2.BORDER_REFLECT to
+        64, then reflect to a power of two per side), the chain, the colour correction against the bicubic x4 of the
+        padded LR, the crop (its progress messages silenced)."""
         if steps != engine.num_steps:
             raise SystemExit(f"this baseline runs the official {engine.num_steps}-step chain, not {steps}")
         torch.manual_seed(seed)
-        x = _pad(lr.to(parameter.dtype) * 2 - 1, offset)
-        side = [1 << (n - 1).bit_length() for n in x.shape[-2:]]
-        x = F.pad(x, (0, side[1] - x.shape[-1], 0, side[0] - x.shape[-2]), mode="reflect") if side != [*x.shape[-2:]] else x
-        out = engine.sample_func(x) * 0.5 + 0.5
-        if engine.color_correction:
-            out = engine._color_correction(out, F.interpolate(x, scale_factor=4, mode="bicubic") * 0.5 + 0.5)
-        return out.clamp(0, 1)[..., : 4 * lr.shape[-2], : 4 * lr.shape[-1]]
+        with contextlib.redirect_stdout(io.StringIO()):
+            images = [engine.process_single_image(image.permute(1, 2, 0).cpu().float().numpy()) for image in lr]
+        return torch.stack([torch.from_numpy(image) for image in images]).permute(0, 3, 1, 2).to(lr)
 
     return run
 

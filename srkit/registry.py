@@ -308,6 +308,7 @@ def build_method(
     if zoo_parts is not None:
         zoo.load_parts(model, zoo_parts)
         model.prior_loaded()
+        model.zoo_parts = tuple(zoo_parts)
     model.config, model.base_weights = dict(config), None if weights is None else str(weights)  # for save_pretrained
     descriptor: MethodDescriptor = model.descriptor
     torch_dtype = _parse_dtype(dtype) if dtype is not None else torch.float32

@@ -65,18 +65,32 @@ def _ramp(length_out: int, scale: float, overlap: int, fade_start: bool, fade_en
     return weight
 
 
-def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+PadMode = Literal["reflect", "symmetric"]
+
+
+def pad_to_multiple(x: Tensor, multiple: int, mode: PadMode = "reflect") -> Tensor:
     """Pad bottom and right to sides that are multiples of ``multiple``: the one padding rule of srkit.
 
-    Reflection keeps image statistics at the border (what the official samplers do); it needs the
-    pad to be smaller than the side, otherwise the edge is replicated.
+    ``"reflect"`` mirrors about the edge pixel (torch's reflect, OpenCV's BORDER_REFLECT_101: what ResShift's
+    official sampler does); it needs the pad to be smaller than the side, otherwise the edge is replicated.
+    ``"symmetric"`` repeats the edge pixel (OpenCV's BORDER_REFLECT, numpy's "symmetric"; any pad length): LPNSR's
+    official inference pads with it.
     """
+    if mode not in ("reflect", "symmetric"):
+        raise TileError(f"unknown padding mode {mode!r}; use 'reflect' or 'symmetric'")
     h, w = x.shape[-2:]
     pad_h, pad_w = (-h) % multiple, (-w) % multiple
     if pad_h == 0 and pad_w == 0:
         return x
-    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+    if mode == "symmetric":
+        return x.index_select(-2, _symmetric_index(h, h + pad_h, x.device)).index_select(-1, _symmetric_index(w, w + pad_w, x.device))
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if pad_h < h and pad_w < w else "replicate")
+
+
+def _symmetric_index(size: int, padded: int, device: torch.device) -> Tensor:
+    """The source index of each of ``padded`` positions under OpenCV's BORDER_REFLECT (period 2 x ``size``)."""
+    i = torch.arange(padded, device=device) % (2 * size)
+    return torch.where(i < size, i, 2 * size - 1 - i)
 
 
 def pad_to_power_of_two(x: Tensor) -> Tensor:
@@ -86,10 +100,11 @@ def pad_to_power_of_two(x: Tensor) -> Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else x
 
 
-def apply_padded(fn: Callable[[Tensor], Tensor], x: Tensor, *, scale: float, multiple: int = 1) -> Tensor:
-    """``fn(x)`` with ``x`` padded to a multiple of ``multiple`` and the output cropped back."""
+def apply_padded(fn: Callable[[Tensor], Tensor], x: Tensor, *, scale: float, multiple: int = 1,
+                 pad_mode: PadMode = "reflect") -> Tensor:
+    """``fn(x)`` with ``x`` padded to a multiple of ``multiple`` (:func:`pad_to_multiple`) and the output cropped back."""
     h, w = x.shape[-2:]
-    padded = pad_to_multiple(x, multiple)
+    padded = pad_to_multiple(x, multiple, pad_mode)
     out = fn(padded)
     expected = (round(padded.shape[-2] * scale), round(padded.shape[-1] * scale))
     if tuple(out.shape[-2:]) != expected:
@@ -110,18 +125,19 @@ def tiled_apply(
     multiple: int = 1,
     batch_size: int = 1,
     progress: bool = False,
+    pad_mode: PadMode = "reflect",
 ) -> Tensor:
     """Apply ``fn`` (B, C, h, w) -> (B, C', h*scale, w*scale) to ``x`` tile by tile.
 
     ``tile`` and ``overlap`` are in input pixels; ``multiple`` is the side multiple ``fn`` needs
-    (inputs are padded by reflection and outputs cropped); ``batch_size`` tiles go through ``fn``
+    (inputs are padded by ``pad_mode`` and outputs cropped); ``batch_size`` tiles go through ``fn``
     at once. When ``scale < 1`` (an encoder), tile offsets are aligned to ``1 / scale``.
     The result is assembled from :func:`tiled_rows`: besides the output, memory holds one band of
     tiles (a tile tall, the image wide), not an image-sized weight map.
     """
     out: Tensor | None = None
     for top, rows in tiled_rows(fn, x, scale=scale, tile=tile, overlap=overlap, multiple=multiple,
-                                batch_size=batch_size, progress=progress):
+                                batch_size=batch_size, progress=progress, pad_mode=pad_mode):
         if out is None:
             out = rows.new_empty(*rows.shape[:2], round(x.shape[-2] * scale), rows.shape[-1])
         out[..., top : top + rows.shape[-2], :] = rows
@@ -146,6 +162,7 @@ def tiled_rows(
     progress: bool = False,
     crop: Callable[[Any, int, int, int, int], Tensor] = crop_tensor,
     chunk_elements: int = 2**22,
+    pad_mode: PadMode = "reflect",
 ) -> Iterator[tuple[int, Tensor]]:
     """:func:`tiled_apply`'s output as it becomes final: ``(first row, rows)`` pairs, top to bottom.
 
@@ -181,7 +198,7 @@ def tiled_rows(
             f"must be multiples of {align}; pad or crop the image first"
         )
     if tile >= height and tile >= width:
-        yield 0, apply_padded(fn, crop(x, 0, 0, height, width), scale=scale, multiple=multiple)
+        yield 0, apply_padded(fn, crop(x, 0, 0, height, width), scale=scale, multiple=multiple, pad_mode=pad_mode)
         return
 
     tile_h, tile_w = min(tile, height), min(tile, width)
@@ -209,7 +226,7 @@ def tiled_rows(
         for first in range(0, len(lefts), batch_size):
             group = range(first, min(first + batch_size, len(lefts)))  # column indices of the tiles run together
             crops = torch.cat([crop(x, top, lefts[j], tile_h, tile_w) for j in group])
-            results = apply_padded(fn, crops, scale=scale, multiple=multiple)
+            results = apply_padded(fn, crops, scale=scale, multiple=multiple, pad_mode=pad_mode)
             if band is None:
                 out_dtype = results.dtype
                 accumulate = torch.float64 if out_dtype == torch.float64 else torch.float32

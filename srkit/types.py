@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ConfigError, InvalidImageError, UnsupportedError
+from .tiling import PadMode
 
 ColorFix = Literal["none", "wavelet", "adain", "ycbcr"]  # srkit.ops.color's, named here so importing srkit stays light
 
@@ -204,6 +205,12 @@ class SRMethod(nn.Module, ABC):
     # bicubic x4 of the padded LR, as LPNSR's official inference does (near the borders the fix then sees the reflect
     # padding, not its own replicate padding); otherwise, and always when tiled, on the output against the LR's.
     color_fix_on_canvas: ClassVar[bool] = False
+    # How sr() pads the LR to :attr:`size_multiple` (:func:`srkit.tiling.pad_to_multiple`), once, as the method's
+    # official inference pads it: the padding reaches every output pixel through global attention.
+    pad_mode: ClassVar[PadMode] = "reflect"
+    # The srkit-zoo parts loaded into the model (srkit.load sets them): the values they were trained with hold for
+    # sr()'s knobs too (a prompt other than the one the zoo's SD prior knows would run but mean nothing).
+    zoo_parts: tuple[Any, ...] = ()
 
     def __init__(self, scale: int, color_fix: ColorFix | None = None):
         super().__init__()
@@ -292,10 +299,10 @@ class SRMethod(nn.Module, ABC):
                 out = apply_padded(lambda x: self._fix_colors(call.run(x), x, call.fix), self.canvas(stacked),
                                    scale=self.scale)[..., : self.scale * lr.shape[-2], : self.scale * lr.shape[-1]]
             elif tile is None:
-                out = apply_padded(call.run, stacked, scale=self.scale, multiple=self.size_multiple)
+                out = apply_padded(call.run, stacked, scale=self.scale, multiple=self.size_multiple, pad_mode=self.pad_mode)
             else:
                 out = tiled_apply(call.run, stacked, scale=self.scale, tile=tile, overlap=tile_overlap, multiple=self.size_multiple,
-                                  batch_size=tile_batch, progress=progress)
+                                  batch_size=tile_batch, progress=progress, pad_mode=self.pad_mode)
         self._check_output(out, lr.shape)
         if call.fix != "none" and not fix_on_canvas:
             out = self._fix_colors(out, lr, call.fix)
@@ -351,7 +358,7 @@ class SRMethod(nn.Module, ABC):
 
         with call.running():
             rows = tiled_rows(call.run, source, scale=self.scale, tile=tile, overlap=tile_overlap, multiple=self.size_multiple,
-                              batch_size=tile_batch, progress=progress, crop=crop)
+                              batch_size=tile_batch, progress=progress, crop=crop, pad_mode=self.pad_mode)
             for first, band in color_fix_rows(((f, b.to("cpu", torch.float32)) for f, b in rows), reference, call.fix,
                                               height=self.scale * height):
                 yield first, band.clamp_(0, 1)
@@ -363,6 +370,10 @@ class SRMethod(nn.Module, ABC):
         from .ops.color import check_color_fix
 
         steps = self._check_steps(steps)
+        if self.zoo_parts:
+            from .zoo import check_pinned
+
+            check_pinned(list(self.zoo_parts), knobs)
         fix = self.color_fix if color_fix is None else check_color_fix(color_fix)
         if decoder_tile is not None and (int(decoder_tile) != decoder_tile or decoder_tile < 8):
             raise UnsupportedError(f"decoder_tile must be an integer >= 8 latent pixels, got {decoder_tile!r}")
@@ -417,7 +428,7 @@ class SRMethod(nn.Module, ABC):
         """``lr`` padded (bottom, right) to the sides the network runs on: :attr:`size_multiple`."""
         from .tiling import pad_to_multiple
 
-        return pad_to_multiple(lr, self.size_multiple)
+        return pad_to_multiple(lr, self.size_multiple, self.pad_mode)
 
     def _fast_dtype(self, fast: bool | str) -> torch.dtype | None:
         """The autocast type of ``sr(fast=...)`` on this model's device, or None (the exact path)."""
@@ -456,7 +467,7 @@ class SRMethod(nn.Module, ABC):
         model's range (for training and analysis code that runs a method's pieces directly)."""
         from .tiling import pad_to_multiple
 
-        return self.to_model_range(pad_to_multiple(lr, self.size_multiple))
+        return self.to_model_range(pad_to_multiple(lr, self.size_multiple, self.pad_mode))
 
     def forward(self, lr: Tensor, **kwargs: Any) -> Tensor:
         """``model(lr, ...)`` is :meth:`sr`."""

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from srkit.errors import TileError
-from srkit.tiling import tile_starts, tiled_apply
+from srkit.tiling import pad_to_multiple, tile_starts, tiled_apply
 
 
 def conv_stack(radius: int, scale: int = 1, seed: int = 0):
@@ -248,3 +248,26 @@ def test_stagewise_tiling_rejects_stages_whose_group_norms_depend_on_the_tile():
     x[..., 0, 0] = 1e4
     with pytest.raises(TileError, match="different GroupNorms on different tiles"):
         stagewise_tiled_apply([stage], x, [norm], tile=8)
+
+
+@pytest.mark.parametrize("height, width, multiple", [(5, 7, 8), (3, 2, 8), (64, 40, 64)])
+def test_symmetric_padding_repeats_the_edge_as_opencv_border_reflect(height, width, multiple):
+    """mode="symmetric" is numpy's "symmetric" (OpenCV's BORDER_REFLECT) for any pad, also one longer than the side
+    (the pattern repeats with period 2 x side); "reflect" is torch's (BORDER_REFLECT_101)."""
+    import numpy as np
+
+    x = torch.rand(2, 3, height, width, dtype=torch.float64)
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    padded = pad_to_multiple(x, multiple, "symmetric")
+    expected = np.pad(x.numpy(), ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="symmetric")
+    torch.testing.assert_close(padded, torch.from_numpy(expected), atol=0, rtol=0)
+    if pad_h < height and pad_w < width:
+        torch.testing.assert_close(pad_to_multiple(x, multiple), F.pad(x, (0, pad_w, 0, pad_h), mode="reflect"))
+    with pytest.raises(TileError, match="unknown padding mode 'wrap'"):
+        pad_to_multiple(x, multiple, "wrap")  # type: ignore[arg-type]
+    try:
+        import cv2  # LPNSR's official inference pads with it; not a dependency of srkit
+    except ImportError:
+        return
+    border = cv2.copyMakeBorder(x[0].permute(1, 2, 0).numpy(), 0, pad_h, 0, pad_w, cv2.BORDER_REFLECT)
+    np.testing.assert_array_equal(padded[0].permute(1, 2, 0).numpy(), border)

@@ -80,6 +80,19 @@ def test_zoo_refuses_a_schedule_its_denoiser_was_not_trained_for():
     assert not zoo.is_zoo(Path("zoo")) and zoo.is_zoo("zoo:lpnsr")  # a folder named zoo is a folder
 
 
+def test_sr_knobs_hold_to_the_values_the_zoo_parts_were_trained_with():
+    """The SD prior knows one prompt (the empty one) and CCSR's ControlNet was trained without CFG (guidance 1):
+    sr(prompt=...) or sr(guidance_scale=...) with other values is refused before anything runs, naming the part."""
+    lr = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    invsr, ccsr = srkit.load("invsr", weights="zoo"), srkit.load("ccsr", weights="zoo")
+    with pytest.raises(ConfigError, match="zoo part sd-unet-mini was trained with prompt='', got prompt='a cat'"):
+        invsr.sr(lr, prompt="a cat")
+    with pytest.raises(ConfigError, match=r"ccsr-controlnet-mini was trained with guidance_scale=1\.0, got guidance_scale=7\.5"):
+        ccsr.sr(lr, guidance_scale=7.5)
+    torch.testing.assert_close(invsr.sr(lr, seed=0, prompt=""), invsr.sr(lr, seed=0), atol=0, rtol=0)
+    assert srkit.load("bicubic").zoo_parts == () and srkit.load("invsr", weights="zoo").zoo_parts  # no zoo, no pins
+
+
 def test_publishing_a_run_adds_a_loadable_pinned_part_and_bad_sources_are_one_line(tmp_path, monkeypatch, capsys):
     copy = tmp_path / "zoo"
     shutil.copytree(zoo.zoo_dir(), copy, ignore=shutil.ignore_patterns("__pycache__", "logs"))

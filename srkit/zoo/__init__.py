@@ -152,8 +152,9 @@ def _nested(config: Mapping[str, Any], dotted: str) -> dict[str, Any]:
 
 
 def check_pinned(found: list[Part], config: Mapping[str, Any]) -> None:
-    """Refuse a method ``config`` that sets a constructor value other than one a part of ``found`` was trained with
-    (e.g. ``steps=15`` on a 4-step denoiser); a key the method does not take is not its concern."""
+    """Refuse a method ``config`` (or the knobs of an ``sr()`` call) that sets a value other than one a part of
+    ``found`` was trained with (e.g. ``steps=15`` on a 4-step denoiser, ``prompt="a cat"`` on the SD prior trained on
+    the empty prompt); a key the method does not take is not its concern."""
     for part in found:
         for key, value in (part.pinned or {}).items():
             if config.get(key) not in (None, value):

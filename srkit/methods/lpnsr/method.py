@@ -147,6 +147,9 @@ class LPNSR(ResidualShiftMethod):
     # padded LR as it is (overshoot kept), then crops.
     color_reference_clamped = False
     color_fix_on_canvas = True
+    # process_single_image pads to the multiple of 64 with cv2.BORDER_REFLECT (the edge pixel repeated), then to the
+    # power of two with np.pad "reflect" (:func:`srkit.tiling.pad_to_power_of_two`).
+    pad_mode = "symmetric"
 
     def __init__(
         self,
