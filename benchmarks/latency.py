@@ -6,9 +6,11 @@ RSS, a lower bound), its GFLOP (``torch.utils.flop_counter``: matmuls, convoluti
 its time to the FLOP floor (GFLOP / the device's matmul peak, measured in the same run), and with ``--batch N``
 the throughput of one batch of N. Against it, in the same process: the same computation written naively with
 diffusers components in eager mode (``naive``, for ``invsr``), the official code (``--official-resshift DIR``,
-``--official-lpnsr DIR``; benchmarks/official.py) and srkit's fast path (``--fast``: ``sr(fast=True)``).
+``--official-lpnsr DIR``; benchmarks/official.py), srkit's fast path (``--fast``: ``sr(fast=True)``) and a compiled
+copy (``--compile [MODE]``: ``model.compile(mode=MODE)``, torch.compile of the networks each step runs).
 
     python benchmarks/latency.py --methods invsr --steps 1 3 --sizes 128 --fast --batch 8      # CUDA: 128 -> 512
+    python benchmarks/latency.py --methods invsr dmsr --sizes 128 --fast --compile max-autotune # CUDA graphs too
     python benchmarks/latency.py --methods resshift lpnsr --steps 4 --sizes 128 --device cpu --fast \
         --official-resshift ResShift --official-lpnsr LPNSR                                     # CPU, official code
     python benchmarks/latency.py --methods invsr --tiny --sizes 16 --device cpu                 # CPU, reduced widths
@@ -131,7 +133,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
 def run(methods: Sequence[str], steps: Sequence[int], sizes: Sequence[int], *, device: torch.device, dtype: torch.dtype,
         tiny: bool, warmup: int, repeats: int, seed: int = 0,
         official: Mapping[str, str | Path] | None = None, fast: bool = False, batch: int | None = None,
-        peaks: Mapping[torch.dtype, float] | None = None) -> list[dict[str, Any]]:
+        peaks: Mapping[torch.dtype, float] | None = None, compile_options: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """One row per method x steps x size: ``srkit_ms``, ``peak_mib``, ``gflop``, ``floor_ratio`` (srkit_ms over the
     FLOP floor at ``peaks[dtype]`` TFLOP/s; None without it), ``batch_ips`` (images/s in one batch of ``batch``),
     ``naive_ms``, ``ratio`` (srkit / naive); for
@@ -140,14 +142,21 @@ def run(methods: Sequence[str], steps: Sequence[int], sizes: Sequence[int], *, d
     fraction of output values that differ by more than 1e-4: a VQ code whose two nearest entries are within float32
     rounding of each other can flip, and changes the pixels it decodes to); with ``fast``, srkit's fast
     path (``sr(fast=True)``): ``fast_ms``, ``fast_ratio`` (fast / naive, else fast / official), ``fast_floor_ratio``
-    (against the peak of the fast type) and ``fast_psnr`` (dB, fast path against the exact path, same seed). None:
-    n/a."""
+    (against the peak of the fast type) and ``fast_psnr`` (dB, fast path against the exact path, same seed); with
+    ``compile_options`` (torch.compile's options, e.g. ``{"mode": "max-autotune"}``), a copy of the model after
+    :meth:`~srkit.types.SRMethod.compile`, run on the fast path when ``fast``: ``compiled_first_s`` (its first call:
+    tracing and compiling), ``compiled_ms``, ``compiled_ratio`` (compiled / naive, else / official, else / srkit
+    eager) and ``compiled_psnr`` (dB against the exact path, as ``fast_psnr``). None: n/a."""
     peaks = peaks or {}
     if official:
         from official import OFFICIAL  # benchmarks/official.py, beside this file
     rows = []
     for name in methods:
         model = srkit.load(name, weights="synthetic", **(TINY.get(name, {}) if tiny else {})).to(device, dtype).eval()
+        compiled = None
+        if compile_options is not None:  # the same synthetic weights, compiled in place
+            compiled = srkit.load(name, weights="synthetic", **(TINY.get(name, {}) if tiny else {})).to(device, dtype).eval()
+            compiled.compile(**compile_options)
         baseline = OFFICIAL[name](model, official[name]) if official and name in official else None
         allowed = model.descriptor.steps
         for n in steps if allowed is not None else [None]:
@@ -161,7 +170,8 @@ def run(methods: Sequence[str], steps: Sequence[int], sizes: Sequence[int], *, d
                        "peak_mib": peak, "gflop": work, "floor_ratio": _floor_ratio(ms, work, peaks.get(dtype)),
                        "batch_ips": None, "naive_ms": None, "ratio": None, "official_ms": None, "official_ratio": None,
                        "official_max_diff": None, "official_mismatch": None, "fast_ms": None, "fast_ratio": None,
-                       "fast_floor_ratio": None, "fast_psnr": None}
+                       "fast_floor_ratio": None, "fast_psnr": None, "compiled_first_s": None, "compiled_ms": None,
+                       "compiled_ratio": None, "compiled_psnr": None}
                 if batch:
                     many = lr.expand(batch, -1, -1, -1).contiguous()
                     seconds, _ = measure(partial(model.sr, many, steps=n, seed=seed), device, warmup=1, repeats=1)
@@ -183,6 +193,17 @@ def run(methods: Sequence[str], steps: Sequence[int], sizes: Sequence[int], *, d
                     row.update(fast_ms=1e3 * quick, fast_ratio=None if baseline_ms is None else 1e3 * quick / baseline_ms,
                                fast_floor_ratio=_floor_ratio(quick, work, peaks.get(model._fast_dtype(True))),
                                fast_psnr=float(-10 * gap.square().mean().log10()))
+                if compiled is not None:
+                    call = partial(compiled.sr, lr, steps=n, seed=seed, fast=fast)
+                    started = time.perf_counter()
+                    call()
+                    _sync(device)
+                    first = time.perf_counter() - started
+                    seconds, _ = measure(call, device, warmup=warmup, repeats=repeats)
+                    baseline_ms = row["naive_ms"] or row["official_ms"] or row["srkit_ms"]
+                    gap = (call() - model.sr(lr, steps=n, seed=seed)).double()
+                    row.update(compiled_first_s=first, compiled_ms=1e3 * seconds, compiled_ratio=1e3 * seconds / baseline_ms,
+                               compiled_psnr=float(-10 * gap.square().mean().log10()))
                 rows.append(row)
     return rows
 
@@ -198,7 +219,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 
     keys = ["method", "steps", "size", "out", "srkit_ms", "peak_mib", "gflop", "floor_ratio", "batch_ips", "naive_ms",
             "ratio", "official_ms", "official_ratio", "official_max_diff", "official_mismatch", "fast_ms", "fast_ratio",
-            "fast_floor_ratio", "fast_psnr"]
+            "fast_floor_ratio", "fast_psnr", "compiled_first_s", "compiled_ms", "compiled_ratio", "compiled_psnr"]
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
@@ -228,6 +249,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                             help=f"a checkout of {name}'s official repository: time its pipeline too (benchmarks/official.py)")
     parser.add_argument("--fast", action="store_true", help="also time the fast path, sr(fast=True)")
     parser.add_argument("--batch", type=int, default=None, help="also time one batch of this many (images/s)")
+    parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                        help="also time a copy after model.compile(mode=MODE) (default, reduce-overhead, max-autotune), "
+                             "on the fast path with --fast")
     args = parser.parse_args(argv)
     official = {name: folder for name, folder in (("resshift", args.official_resshift), ("lpnsr", args.official_lpnsr))
                 if folder}
@@ -236,7 +260,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     sizes = args.sizes or ([128] if device.type == "cuda" else [16])
     peaks = {kind: matmul_peak(device, kind) for kind in {dtype, *([torch.bfloat16] if args.fast else [])}}
     rows = run(args.methods, args.steps, sizes, device=device, dtype=dtype, tiny=args.tiny, warmup=args.warmup,
-               repeats=args.repeats, official=official, fast=args.fast, batch=args.batch, peaks=peaks)
+               repeats=args.repeats, official=official, fast=args.fast, batch=args.batch, peaks=peaks,
+               compile_options=None if args.compile is None else {"mode": args.compile})
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     print(f"device {device} ({name}, {torch.get_num_threads()} threads), {dtype}, torch {torch.__version__}, synthetic "
           f"weights{', tiny configs' if args.tiny else ''}; matmul peak "

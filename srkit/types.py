@@ -188,6 +188,29 @@ class _Call:
             _DECODER_TILE.reset(tile)
 
 
+def _compile_network(network: nn.Module, options: dict[str, Any]) -> None:
+    """``network.forward`` replaced by its compiled eager forward, with int arguments (timesteps) made (B,) tensors."""
+    from torch.utils._pytree import tree_map_only
+
+    compiled = torch.compile(type(network).forward.__get__(network), **options)
+    # These modes replay CUDA graphs, whose outputs live in memory the next replay overwrites; a chain keeps some
+    # (DM-SR's first eps, x0 of the step before), so each call is its own graph step and its outputs are copied out.
+    cuda_graphs = options.get("mode") in ("reduce-overhead", "max-autotune")
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        first = next(value for value in (*args, *kwargs.values()) if isinstance(value, Tensor))
+
+        def timestep(value: Any) -> Any:  # bool is an int too, and a flag, not a timestep
+            return torch.full((first.shape[0],), value, device=first.device) if type(value) is int else value
+
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        out = compiled(*map(timestep, args), **{key: timestep(value) for key, value in kwargs.items()})
+        return tree_map_only(Tensor, torch.clone, out) if cuda_graphs else out
+
+    network.forward = forward  # an instance attribute: nn.Module.__call__ finds it, the state dict does not
+
+
 class SRMethod(nn.Module, ABC):
     """A super-resolution method: backbone + sampler + hooks, or a plain regressor.
 
@@ -211,6 +234,9 @@ class SRMethod(nn.Module, ABC):
     # The srkit-zoo parts loaded into the model (srkit.load sets them): the values they were trained with hold for
     # sr()'s knobs too (a prompt other than the one the zoo's SD prior knows would run but mean nothing).
     zoo_parts: tuple[Any, ...] = ()
+    # The networks (dotted paths) that run once per sampler step -- or per tile, for a feed-forward model: what
+    # :meth:`compile` compiles. The autoencoder runs once per image; compiling it would cost more than it saves.
+    compiled_networks: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, scale: int, color_fix: ColorFix | None = None):
         super().__init__()
@@ -472,6 +498,21 @@ class SRMethod(nn.Module, ABC):
     def forward(self, lr: Tensor, **kwargs: Any) -> Tensor:
         """``model(lr, ...)`` is :meth:`sr`."""
         return self.sr(lr, **kwargs)
+
+    def compile(self, *args: Any, **options: Any) -> None:
+        """Compile :attr:`compiled_networks` in place with ``torch.compile(dynamic=False, **options)`` (e.g.
+        ``mode="max-autotune"`` for CUDA graphs, ``backend=...``); :meth:`sr` and the state dict are unchanged.
+
+        Shapes are static: one graph per input shape, so tile (``sr(tile=...)``, every tile the same size) to run
+        images of any size on the same graphs. A Python-int timestep is passed to the network as a (B,) tensor, so
+        the steps of a chain share one graph instead of recompiling for each t. Calling it again recompiles from the
+        eager networks. It is for inference: a deep copy of a compiled model (an EMA) would call the original's networks.
+        """
+        if args:
+            raise ConfigError("compile() takes torch.compile's options by name (mode=..., backend=...), not by position")
+        options.setdefault("dynamic", False)
+        for path in self.compiled_networks:
+            _compile_network(self.get_submodule(path), options)
 
     @staticmethod
     def decode_latents(autoencoder: Autoencoder, z: Tensor) -> Tensor:

@@ -49,3 +49,14 @@ def test_gflop_counts_a_matmul_and_the_peak_is_a_rate():
     a = torch.ones(64, 32)
     assert latency.gflop(lambda: a @ a.T) == pytest.approx(2 * 64 * 64 * 32 / 1e9)
     assert 1e-3 < latency.matmul_peak(torch.device("cpu"), torch.float32) < 1e3  # TFLOP/s
+
+
+def test_a_compiled_copy_is_timed_beside_the_eager_model_and_gives_its_output():
+    latency = load_latency()
+    torch._dynamo.reset()
+    (row,) = latency.run(["invsr"], [1], [16], device=torch.device("cpu"), dtype=torch.float32, tiny=True, warmup=0,
+                         repeats=1, compile_options={"backend": "eager"})  # dynamo's tracing without inductor's codegen
+    torch._dynamo.reset()
+    assert row["compiled_first_s"] > 0 and row["compiled_ms"] > 0
+    assert row["compiled_ratio"] == pytest.approx(row["compiled_ms"] / row["naive_ms"])
+    assert row["compiled_psnr"] > 90  # float32 eager graphs: the eager output to rounding

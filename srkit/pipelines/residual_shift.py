@@ -85,6 +85,7 @@ class ResidualShiftMethod(DiffusionMethod):
     """
 
     sampler_type = ResidualShiftSampler
+    compiled_networks = ("unet",)
 
     def __init__(
         self,

@@ -102,6 +102,7 @@ class CCSR(DiffusionMethod):
 
     descriptor = DESCRIPTOR
     sampler_type = DDPMSampler
+    compiled_networks = ("sd.unet", "controlnet")
     method_knobs = ("guidance_scale", "sampling")
 
     def __init__(

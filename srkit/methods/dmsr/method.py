@@ -71,6 +71,7 @@ class DMSR(DiffusionMethod):
     descriptor = DESCRIPTOR
     sampler_type = DDPMSampler
     method_knobs = ("prompt",)
+    compiled_networks = ("sd.unet",)  # the estimator and encoder run once per image
 
     def __init__(
         self,

@@ -106,6 +106,7 @@ class InvSR(DiffusionMethod):
     descriptor = DESCRIPTOR
     sampler_type = DDPMSampler
     method_knobs = ("prompt",)
+    compiled_networks = ("sd.unet",)  # the start-state predictor runs once per image
     timestep_offset = -1  # the official retrieve_timesteps visits 199 for the paper's 200
 
     def __init__(

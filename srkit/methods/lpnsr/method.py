@@ -150,6 +150,7 @@ class LPNSR(ResidualShiftMethod):
     # process_single_image pads to the multiple of 64 with cv2.BORDER_REFLECT (the edge pixel repeated), then to the
     # power of two with np.pad "reflect" (:func:`srkit.tiling.pad_to_power_of_two`).
     pad_mode = "symmetric"
+    compiled_networks = ("unet", "noise_predictor")  # g_w runs at every step with the denoiser
 
     def __init__(
         self,

@@ -161,6 +161,7 @@ class RealESRGAN(SRMethod):
     """
 
     descriptor = DESCRIPTOR
+    compiled_networks = ("net",)
 
     def __init__(self, variant: str = "x4plus", weights: str | None = None, pre_pad: int = 10):
         spec = _variant(variant)
