@@ -73,3 +73,15 @@ def test_the_fast_path_refuses_what_it_cannot_do(tiny):
     wide = srkit.load("resshift", weights="synthetic", unet_config=TINY_UNET, autoencoder_config=TINY_VQ, dtype="float64")
     with pytest.raises(UnsupportedError, match="this model is float64: load it in float32 or leave fast off"):
         wide.sr(lr, fast=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["resshift", "lpnsr"])
+@pytest.mark.parametrize("fast", [True, "float16"])
+def test_the_fast_path_on_cuda_stays_within_its_stated_distance_of_the_exact_path(photos, name, fast):
+    """The bound measured on the CPU, on CUDA: bfloat16 and float16 autocast against the float32 chain."""
+    model = srkit.load(name, weights="zoo", device="cuda")
+    for lr in photos:
+        exact, quick = model.sr(lr.cuda(), seed=0), model.sr(lr.cuda(), seed=0, fast=fast)
+        assert quick.dtype == torch.float32 and torch.isfinite(quick).all()
+        assert psnr(quick, exact) > FAST_PSNR_DB
