@@ -142,7 +142,8 @@ def run(methods: Sequence[str], steps: Sequence[int], sizes: Sequence[int], *, d
     fraction of output values that differ by more than 1e-4: a VQ code whose two nearest entries are within float32
     rounding of each other can flip, and changes the pixels it decodes to); with ``fast``, srkit's fast
     path (``sr(fast=True)``): ``fast_ms``, ``fast_ratio`` (fast / naive, else fast / official), ``fast_floor_ratio``
-    (against the peak of the fast type) and ``fast_psnr`` (dB, fast path against the exact path, same seed); with
+    (against the peak of the fast type) and ``fast_psnr`` (dB, fast path against the float32 exact path, same seed;
+    the fast path runs on a float32 copy of the weights when ``dtype`` is not float32); with
     ``compile_options`` (torch.compile's options, e.g. ``{"mode": "max-autotune"}``), a copy of the model after
     :meth:`~srkit.types.SRMethod.compile`, run on the fast path when ``fast``: ``compiled_first_s`` (its first call:
     tracing and compiling), ``compiled_ms``, ``compiled_ratio`` (compiled / naive, else / official, else / srkit
@@ -152,10 +153,16 @@ def run(methods: Sequence[str], steps: Sequence[int], sizes: Sequence[int], *, d
         from official import OFFICIAL  # benchmarks/official.py, beside this file
     rows = []
     for name in methods:
-        model = srkit.load(name, weights="synthetic", **(TINY.get(name, {}) if tiny else {})).to(device, dtype).eval()
+        def build(kind: torch.dtype, name: str = name) -> Any:  # the same synthetic weights at every call
+            return srkit.load(name, weights="synthetic", **(TINY.get(name, {}) if tiny else {})).to(device, kind).eval()
+
+        model = build(dtype)
+        # The fast path is autocast over float32 weights: with --dtype float16 (CUDA's default) it runs on a float32
+        # copy, which is also the exact path the PSNR columns are measured against.
+        exact = model if dtype == torch.float32 or not (fast or compile_options is not None) else build(torch.float32)
         compiled = None
-        if compile_options is not None:  # the same synthetic weights, compiled in place
-            compiled = srkit.load(name, weights="synthetic", **(TINY.get(name, {}) if tiny else {})).to(device, dtype).eval()
+        if compile_options is not None:
+            compiled = build(torch.float32 if fast else dtype)
             compiled.compile(**compile_options)
         baseline = OFFICIAL[name](model, official[name]) if official and name in official else None
         allowed = model.descriptor.steps
@@ -186,12 +193,12 @@ def run(methods: Sequence[str], steps: Sequence[int], sizes: Sequence[int], *, d
                     row.update(official_ms=1e3 * reference, official_ratio=ms / reference, official_max_diff=gap.max().item(),
                                official_mismatch=(gap > 1e-4).double().mean().item())
                 if fast:
-                    quick, _ = measure(partial(model.sr, lr, steps=n, seed=seed, fast=True), device, warmup=warmup,
+                    quick, _ = measure(partial(exact.sr, lr, steps=n, seed=seed, fast=True), device, warmup=warmup,
                                        repeats=repeats)
-                    gap = (model.sr(lr, steps=n, seed=seed, fast=True) - model.sr(lr, steps=n, seed=seed)).double()
+                    gap = (exact.sr(lr, steps=n, seed=seed, fast=True) - exact.sr(lr, steps=n, seed=seed)).double()
                     baseline_ms = row["naive_ms"] or row["official_ms"]
                     row.update(fast_ms=1e3 * quick, fast_ratio=None if baseline_ms is None else 1e3 * quick / baseline_ms,
-                               fast_floor_ratio=_floor_ratio(quick, work, peaks.get(model._fast_dtype(True))),
+                               fast_floor_ratio=_floor_ratio(quick, work, peaks.get(exact._fast_dtype(True))),
                                fast_psnr=float(-10 * gap.square().mean().log10()))
                 if compiled is not None:
                     call = partial(compiled.sr, lr, steps=n, seed=seed, fast=fast)
@@ -201,7 +208,7 @@ def run(methods: Sequence[str], steps: Sequence[int], sizes: Sequence[int], *, d
                     first = time.perf_counter() - started
                     seconds, _ = measure(call, device, warmup=warmup, repeats=repeats)
                     baseline_ms = row["naive_ms"] or row["official_ms"] or row["srkit_ms"]
-                    gap = (call() - model.sr(lr, steps=n, seed=seed)).double()
+                    gap = (call() - exact.sr(lr, steps=n, seed=seed)).double()
                     row.update(compiled_first_s=first, compiled_ms=1e3 * seconds, compiled_ratio=1e3 * seconds / baseline_ms,
                                compiled_psnr=float(-10 * gap.square().mean().log10()))
                 rows.append(row)
