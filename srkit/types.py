@@ -623,6 +623,16 @@ class Sampler(ABC):
     def __init__(self, noise: NoiseProvider | None = None, mean_correction: MeanCorrection | None = None):
         self.noise: NoiseProvider = noise if noise is not None else GaussianNoise()
         self.mean_correction = mean_correction
+        self._tables_on_device: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}  # shared by the per-call copies
+
+    def table_on(self, like: Tensor, name: str, build: Callable[[], Tensor] | None = None) -> Tensor:
+        """The schedule table ``name`` (``self.<name>``, or what ``build()`` makes) in ``like``'s device and dtype,
+        moved there once per (device, dtype) and kept: an entry copied to a GPU at every step would make the host wait
+        for the GPU each time. Indexing the kept table with an int is a view, on the device."""
+        key = (name, like.device, like.dtype)
+        if key not in self._tables_on_device:
+            self._tables_on_device[key] = (getattr(self, name) if build is None else build()).to(like.device, like.dtype)
+        return self._tables_on_device[key]
 
     @property
     @abstractmethod

@@ -181,3 +181,26 @@ def test_padding_to_a_size_multiple_is_written_once():
     assert [p.name for p, text in sources.items() if "def pad_to_multiple" in text] == ["tiling.py"]
     padded = [p.relative_to(METHODS_DIR) for p, text in sources.items() if p.is_relative_to(METHODS_DIR) and "F.pad(" in text]
     assert padded == [Path("realesrgan/method.py")]  # Real-ESRGAN's pre_pad of its network, not a size multiple
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["resshift", "lpnsr", "pg-resshift", "invsr", "dmsr", "ccsr"])
+def test_the_step_loop_does_not_make_the_host_wait_for_the_gpu(name, monkeypatch):
+    """After a first call (the schedule tables move to the device once), a chain's steps run without a host
+    synchronisation: torch's sync debug mode raises on any inside Sampler.sample."""
+    from srkit.types import Sampler
+
+    model = srkit.load(name, weights="synthetic", device="cuda", **TINY_CONFIGS[name])
+    lr = torch.rand(1, 3, 64, 64, device="cuda")
+    model.sr(lr, seed=0)
+    sample = Sampler.sample
+
+    def watched(self, *args, **kwargs):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return sample(self, *args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(Sampler, "sample", watched)
+    model.sr(lr, seed=0)

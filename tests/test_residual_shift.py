@@ -171,3 +171,22 @@ def test_optimal_noise_recovers_x0_exactly_eq21():
         sampler.noise = ResidualShiftSampler().noise  # Gaussian
         miss = sampler.sample(denoise, y, timesteps=sampler.timesteps(steps), generator=torch.Generator().manual_seed(0))
         assert float((miss - x0).abs().mean()) > 0.05
+
+
+def test_schedule_tables_move_to_a_device_once_and_keep_the_per_entry_values():
+    """A step reads its constants from tables kept on the device of the chain (no copy to a GPU per step, which
+    would make the host wait); the values are those of the per-entry conversion the official code does."""
+    import copy
+
+    sampler = ResidualShiftSampler(steps=4)
+    x = torch.zeros(2, 3, 8, 8, dtype=torch.float64)
+    kept = sampler.table_on(x, "etas", lambda: sampler.etas.float())
+    assert copy.copy(sampler).table_on(x, "etas") is kept  # the per-call copies share the kept tables
+    assert sampler.table_on(x.float(), "etas").dtype == torch.float32  # one per (device, dtype)
+    for t in range(4):
+        assert torch.equal(sampler._const("etas", t, x), sampler.etas[t].float().to(torch.float64))
+        sigma = torch.exp(0.5 * sampler.posterior_log_variance_clipped[t].float())
+        variance = sampler.posterior(x, t, t - 1, x)[1]
+        assert torch.equal(variance, x.new_zeros(()) if t == 0 else (sigma.double() ** 2))
+    index = torch.tensor([3, 0])
+    assert torch.equal(sampler._const("prior_std", index, x).flatten(), (sampler.kappa * sampler.sqrt_etas)[index].float().double())

@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import torch
 from torch import Tensor
 
 from ..errors import ConfigError, UnsupportedError
@@ -134,9 +133,8 @@ class DDPMSampler(Sampler):
         """abar_t like ``like``: a scalar for an int ``t`` (1 for t < 0: the clean end of the chain), or
         (B, 1, 1, 1) for a (B,) tensor of timesteps (one per sample, as in training)."""
         if isinstance(t, Tensor):
-            return self.alphas_cumprod.to(like.device)[t].to(like.dtype).view(-1, *[1] * (like.dim() - 1))
-        value = self.alphas_cumprod[t] if t >= 0 else torch.ones((), dtype=torch.float64)
-        return value.to(device=like.device, dtype=like.dtype)
+            return self.table_on(like, "alphas_cumprod")[t].view(-1, *[1] * (like.dim() - 1))
+        return self.table_on(like, "alphas_cumprod")[t] if t >= 0 else like.new_ones(())
 
     def sigma(self, t: int) -> float:
         """The variance-exploding sigma_t = sqrt((1 - abar_t) / abar_t) of diffusers' Euler schedulers:

@@ -92,6 +92,10 @@ class ResidualShiftSampler(Sampler):
         self.posterior_log_variance_clipped = clipped.log()
         f32 = self.etas.float()
         self.input_std = (f32 * self.kappa**2 + 1).sqrt()  # float32, as the official _scale_input
+        self.prior_std = self.kappa * self.sqrt_etas  # kappa sqrt(eta_t): the noise scale of Eq. (2)
+        # The variance of the noise posterior() adds at each step: exp(log_var_clipped / 2)^2 with the official noise
+        # scale's float32 rounding, each entry computed as the official code computes it for one step
+        self.noise_variance = torch.stack([torch.exp(0.5 * v.float()).double() ** 2 for v in self.posterior_log_variance_clipped])
 
     @property
     def default_steps(self) -> int:
@@ -109,28 +113,27 @@ class ResidualShiftSampler(Sampler):
             )
         return list(range(int(steps) - 1, -1, -1))
 
-    def _const(self, table: Tensor, t: int | Tensor, like: Tensor) -> Tensor:
-        """``table[t]`` rounded to float32 (as officially), then in ``like``'s dtype and device: a scalar for an int
-        ``t``, (B, 1, 1, 1) for a (B,) tensor of step indices (one per sample, as in training)."""
-        if isinstance(t, Tensor):
-            return table.float().to(like.device)[t].to(like.dtype).view(-1, *[1] * (like.dim() - 1))
-        return table[t].float().to(device=like.device, dtype=like.dtype)
+    def _const(self, name: str, t: int | Tensor, like: Tensor) -> Tensor:
+        """``self.<name>[t]`` rounded to float32 (as officially), then in ``like``'s dtype and device: a scalar for an
+        int ``t``, (B, 1, 1, 1) for a (B,) tensor of step indices (one per sample, as in training)."""
+        table = self.table_on(like, name, lambda: getattr(self, name).float())
+        return table[t].view(-1, *[1] * (like.dim() - 1)) if isinstance(t, Tensor) else table[t]
 
     def scale_input(self, x_t: Tensor, t: int | Tensor) -> Tensor:
         """The denoiser's input x_t / sqrt(kappa^2 eta_t + 1) (identity when not ``normalize_input``)."""
         if not self.normalize_input:
             return x_t
-        return x_t / self._const(self.input_std, t, x_t)
+        return x_t / self._const("input_std", t, x_t)
 
     def prior(self, y: Tensor, noise: Tensor, t: int | None = None) -> Tensor:
         """x_t = y + kappa sqrt(eta_t) eps at step index ``t`` (default T-1): ResShift's prior at t = T, LPNSR
         Eq. (3) below it (the forward marginal Eq. (2) with the unknown x_0 replaced by y)."""
-        return y + self._const(self.kappa * self.sqrt_etas, self.num_steps - 1 if t is None else t, y) * noise
+        return y + self._const("prior_std", self.num_steps - 1 if t is None else t, y) * noise
 
     def q_sample(self, x0: Tensor, y: Tensor, t: int | Tensor, noise: Tensor) -> Tensor:
         """A draw of q(x_t | x_0, y_0) = N(x_0 + eta_t (y_0 - x_0), kappa^2 eta_t I) (ResShift Eq. (2))."""
-        eta = self._const(self.etas, t, x0)
-        return x0 + eta * (y - x0) + self._const(self.kappa * self.sqrt_etas, t, x0) * noise
+        eta = self._const("etas", t, x0)
+        return x0 + eta * (y - x0) + self._const("prior_std", t, x0) * noise
 
     def posterior(self, x_t: Tensor, t: int, t_prev: int, x0_pred: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and variance of q(x_{t-1} | x_t, x_0 = x0_pred) (ResShift Eq. (7)).
@@ -140,11 +143,10 @@ class ResidualShiftSampler(Sampler):
         """
         if t_prev != t - 1:
             raise UnsupportedError(f"the residual-shifting chain steps from t to t-1, got t={t}, t_prev={t_prev}")
-        mean = self._const(self.coef1, t, x_t) * x_t + self._const(self.coef2, t, x_t) * x0_pred
+        mean = self._const("coef1", t, x_t) * x_t + self._const("coef2", t, x_t) * x0_pred
         if t == 0:
             return mean, x_t.new_zeros(())
-        sigma = torch.exp(0.5 * self.posterior_log_variance_clipped[t].float())
-        return mean, (sigma.double() ** 2).to(device=x_t.device, dtype=x_t.dtype)
+        return mean, self.table_on(x_t, "noise_variance")[t]
 
 
 class OptimalNoise:

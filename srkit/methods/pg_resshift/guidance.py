@@ -61,7 +61,10 @@ def _sign(mode: str) -> float:
 def step_variance(sampler: ResidualShiftSampler, t: int, like: Tensor) -> Tensor:
     """Sigma_t: the official clipped posterior variance, the step's variance for t >= 1 and still positive at the last
     step (where the chain adds no noise), so the guidance has a direction at every step (Assumption 2)."""
-    return torch.exp(sampler.posterior_log_variance_clipped[t]).to(device=like.device, dtype=like.dtype)
+    # one exp per entry, as for a single step, and on the device once (no copy to it per step)
+    table = sampler.table_on(like, "posterior_variance_clipped",
+                             lambda: torch.stack([torch.exp(v) for v in sampler.posterior_log_variance_clipped]))
+    return table[t]
 
 
 def kl_direction(sampler: ResidualShiftSampler, mean: Tensor, guide_latent: Tensor, *, t: int, t_prev: int,
