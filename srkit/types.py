@@ -399,7 +399,7 @@ class SRMethod(nn.Module, ABC):
         if self.zoo_parts:
             from .zoo import check_pinned
 
-            check_pinned(list(self.zoo_parts), knobs)
+            check_pinned(self.zoo_parts, knobs)
         fix = self.color_fix if color_fix is None else check_color_fix(color_fix)
         if decoder_tile is not None and (int(decoder_tile) != decoder_tile or decoder_tile < 8):
             raise UnsupportedError(f"decoder_tile must be an integer >= 8 latent pixels, got {decoder_tile!r}")
@@ -491,9 +491,7 @@ class SRMethod(nn.Module, ABC):
     def prepare(self, lr: Tensor) -> Tensor:
         """``lr`` in [0, 1] as :meth:`_sr` receives it from :meth:`sr`: padded to :attr:`size_multiple`, in the
         model's range (for training and analysis code that runs a method's pieces directly)."""
-        from .tiling import pad_to_multiple
-
-        return self.to_model_range(pad_to_multiple(lr, self.size_multiple, self.pad_mode))
+        return self.to_model_range(self.canvas(lr))
 
     def forward(self, lr: Tensor, **kwargs: Any) -> Tensor:
         """``model(lr, ...)`` is :meth:`sr`."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,7 +151,7 @@ def _nested(config: Mapping[str, Any], dotted: str) -> dict[str, Any]:
     return {head: inner} if inner else {}
 
 
-def check_pinned(found: list[Part], config: Mapping[str, Any]) -> None:
+def check_pinned(found: Sequence[Part], config: Mapping[str, Any]) -> None:
     """Refuse a method ``config`` (or the knobs of an ``sr()`` call) that sets a value other than one a part of
     ``found`` was trained with (e.g. ``steps=15`` on a 4-step denoiser, ``prompt="a cat"`` on the SD prior trained on
     the empty prompt); a key the method does not take is not its concern."""
